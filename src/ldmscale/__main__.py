@@ -1,0 +1,5 @@
+import sys
+
+from ldmscale.cli import main
+
+sys.exit(main())
