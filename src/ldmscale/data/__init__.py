@@ -1,5 +1,11 @@
-"""Datasets: the embedded procedural ``shapes`` set and user image-caption folders."""
+"""Datasets: the embedded procedural ``shapes`` set and user image-caption folders.
 
-from ldmscale.data.dataset import DataError
+``load_dataset(source, split, resolution, skip_bad)`` reads an imagefolder
+(``metadata.jsonl``) or COCO caption folder into an :class:`ImageCaptionDataset` of
+:class:`Record` s; ``ldmscale.data.shapes.generate_shapes`` writes the embedded
+``shapes`` dataset in the imagefolder format. Bad data raises :class:`DataError`.
+"""
 
-__all__ = ["DataError"]
+from ldmscale.data.dataset import DataError, ImageCaptionDataset, Record, load_dataset
+
+__all__ = ["DataError", "ImageCaptionDataset", "Record", "load_dataset"]
