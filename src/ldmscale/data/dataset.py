@@ -191,6 +191,10 @@ def _read_and_decode(
         return digest, None, f"not a readable image ({type(e).__name__}: {e})"
 
 
+def _entries(n: int) -> str:
+    return f"{n} bad entr{'y' if n == 1 else 'ies'}"
+
+
 def load_dataset(
     source: str | Path,
     split: str = "train",
@@ -252,13 +256,13 @@ def load_dataset(
         else:
             keep.append(e)
     if not keep:
-        extra = f" ({len(skipped)} bad entries skipped; first: {skipped[0][1]})" if skipped else ""
+        extra = f" ({_entries(len(skipped))} skipped; first: {skipped[0][1]})" if skipped else ""
         raise DataError(
             f"{source}: split {split!r} has no usable image-caption pairs{extra}; add images and captions"
         )
     if skipped:
         warnings.warn(
-            f"{source} [{split}]: skipped {len(skipped)} bad entr{'y' if len(skipped) == 1 else 'ies'} "
+            f"{source} [{split}]: skipped {_entries(len(skipped))} "
             f"(kept {len(keep)}); first: {skipped[0][1]}; see dataset.skipped for all",
             stacklevel=2,
         )
