@@ -21,3 +21,86 @@ def tiny_shapes(tmp_path_factory: pytest.TempPathFactory):
     return generate_shapes(
         tmp_path_factory.mktemp("data") / "tiny_shapes", n_train=64, n_val=16, resolution=16, seed=0
     )
+
+
+# ---------------------------------------------------------------------------
+# frontier / report (owner: analysis engineer)
+# ---------------------------------------------------------------------------
+
+#: Synthetic study widths: (c, params, norm_cost), paper-like (Table 1 scale).
+STUDY_WIDTHS = (
+    (64, 38_800_580, 0.07),
+    (128, 144_791_940, 0.24),
+    (192, 317_974_084, 0.52),
+    (320, 865_910_724, 1.0),
+)
+STUDY_STEPS = {"ddim": (5, 10, 20, 50), "ddpm": (5, 10, 20, 50), "dpmpp": (5, 10, 20)}
+STUDY_GUIDANCE = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+
+
+def make_study_rows(seed: int = 0, with_checkpoints: bool = False) -> list[dict]:
+    """Results-store rows (the ``store.rows()`` format) of a synthetic sweep.
+
+    FID-like curves: a floor that falls with width, a 1/steps penalty per sampler
+    (DDPM worst, DPM-Solver++ best), a quadratic penalty around a width-dependent
+    optimal guidance, bootstrap-like CIs of about +-0.7. Small widths win at small
+    sampling cost, large ones at large cost. ``alignment`` (higher is better) too.
+    With ``with_checkpoints``, adds checkpoint evaluations carrying ``train_step``.
+    """
+    import math
+    import random
+
+    rng = random.Random(seed)
+    penalty = {"ddim": 60.0, "ddpm": 150.0, "dpmpp": 25.0}
+    rows = []
+
+    def row(c, params, nc, sampler, steps, w, fid, align, train_step=None):
+        half = 0.6 + 0.2 * rng.random()
+        r = {
+            "cell_id": f"{c}-{sampler}-{steps}-{w}-{train_step}",
+            "model": f"shapes-c{c}",
+            "model_path": f"/runs/c{c}/model",
+            "model_hash": f"hash{c}",
+            "c": c,
+            "params": params,
+            "norm_cost": nc,
+            "sampler": sampler,
+            "steps": steps,
+            "guidance": w,
+            "n_images": 500,
+            "nfe": steps,
+            "sampling_cost": nc * steps,
+            "flops": nc * steps * 2 * 789.3e9,
+            "metrics": {
+                "fid": {"value": fid, "lo": fid - half, "hi": fid + 1.1 * half, "n": 500},
+                "alignment": {"value": align, "lo": align - 0.004, "hi": align + 0.004, "n": 500},
+            },
+            "protocol": {"ci": 0.95, "bootstrap": 200},
+            "provenance": {"code_version": "test", "wall_s": 1.0},
+        }
+        if train_step is not None:
+            r["train_step"] = train_step
+        return r
+
+    for c, params, nc in STUDY_WIDTHS:
+        scale = math.log2(c / 64)
+        floor = 14.0 - 2.4 * scale
+        w_opt = 2.5 + 0.5 * scale
+        for sampler, steps_list in STUDY_STEPS.items():
+            for steps in steps_list:
+                for w in STUDY_GUIDANCE:
+                    fid = floor + penalty[sampler] / steps + 0.8 * (w - w_opt) ** 2
+                    fid += rng.gauss(0, 0.15)
+                    align = 0.20 + 0.02 * scale + 0.01 * min(w, 5.0) - 0.3 / steps
+                    rows.append(row(c, params, nc, sampler, steps, w, fid, align))
+        if with_checkpoints:
+            for k in (1000, 2000, 4000, 8000):
+                fid = floor + 40.0 * (1000 / k) ** 0.7 / (1 + scale) + 60.0 / 50
+                rows.append(row(c, params, nc, "ddim", 50, 7.5, fid, 0.2, train_step=k))
+    return rows
+
+
+@pytest.fixture
+def study_rows() -> list[dict]:
+    """A fresh copy of the synthetic sweep rows (see :func:`make_study_rows`)."""
+    return make_study_rows()

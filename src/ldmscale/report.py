@@ -240,7 +240,7 @@ def _main_sampler(rows: Sequence[dict]) -> str:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    fig.savefig(path, dpi=DPI)
     return path
 
 
@@ -449,7 +449,7 @@ def fig_samplers(
     labels = _labels(allp)
     models = _model_keys(allp)
     colors = dict(zip(models, _colors(len(models))))
-    fig = Figure(figsize=(4.2 * len(panels), 3.8))
+    fig = Figure(figsize=(4.2 * len(panels), 3.8), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
     for ax, (s, pts) in zip(axes, panels):
         _plot_cost(ax, pts, labels, colors, frontier=True)
