@@ -15,7 +15,7 @@ import sys
 from ldmscale import __version__
 
 # Sub-command modules, in the order `--help` lists them (the data flow's order).
-COMMANDS = ("family", "data", "autoencoder", "train", "sample", "study")
+COMMANDS = ("family", "data", "autoencoder", "train", "sample", "frontier", "report", "study")
 
 
 class UserError(Exception):
