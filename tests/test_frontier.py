@@ -194,7 +194,7 @@ def test_load_rows_from_results_store(tmp_path, study_rows):
     path = tmp_path / "results.sqlite"
     with store_mod.ResultsStore(path) as store:
         for r in study_rows[:12]:
-            store.put({**r, "n_images": r["n_images"]})
+            store.put(r)
     rows = load_rows(path)
     assert len(rows) == 12
     assert best(rows, 100.0, "fid").winner.value == min(

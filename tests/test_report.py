@@ -100,6 +100,38 @@ def test_report_fig3_uses_checkpoint_metric_when_present(tmp_path):
     assert len(_imgs(page)) == 4
 
 
+def _row(model, c, nc, steps, fid, half=0.3):
+    return {
+        "cell_id": f"{model}-{steps}",
+        "model": model,
+        "c": c,
+        "params": c * 1000,
+        "norm_cost": nc,
+        "sampler": "ddim",
+        "steps": steps,
+        "guidance": 3.0,
+        "sampling_cost": nc * steps,
+        "metrics": {"fd_probe": {"value": fid, "lo": fid - half, "hi": fid + half, "n": 100}},
+    }
+
+
+def test_verdict_says_what_the_data_say():
+    from ldmscale.report import verdict_html
+
+    # The largest width is better at every budget, with tight intervals.
+    rows = [_row("s", 8, 0.25, n, 20.0 + 40 / n) for n in (4, 8, 16, 32)]
+    rows += [_row("b", 16, 1.0, n, 10.0 + 4 / n) for n in (1, 2, 4, 8)]
+    text = verdict_html(rows, "fd_probe")
+    assert "Here the largest model (c=16) wins outright at 4 of 4 budgets" in text
+    # Overlapping intervals everywhere: no size is declared.
+    rows = [_row("s", 8, 0.25, n, 10.0, half=5) for n in (4, 8)]
+    rows += [_row("b", 16, 1.0, n, 10.5, half=5) for n in (1, 2)]
+    text = verdict_html(rows, "fd_probe")
+    assert "do not separate the sizes" in text and "tie between c=8, c=16" in text
+    # One width only.
+    assert "Only one model size (c=8)" in verdict_html(rows[:2], "fd_probe")
+
+
 def test_report_refuses_empty_and_missing(tmp_path, study_rows):
     with pytest.raises(ReportError, match="sweep"):
         build_report([], [], [], tmp_path / "r")

@@ -478,6 +478,13 @@ def verdict_html(rows: Sequence[dict], metric: str, select_by: str | None = None
         ),
     )
     largest = labels[-1]
+    if len(labels) == 1:
+        items = "\n".join(f"<li>{_esc(s.text())}</li>" for s in spans)
+        return (
+            f"<p class='verdict'>Only one model size ({_esc(largest)}) is in the results: no "
+            f"size comparison is possible; below, its best setting at each budget.</p>\n"
+            f"<ul>\n{items}\n</ul>"
+        )
     n_budgets = sum(len(s.results) for s in spans)
     smaller_wins = sum(len(s.results) for s in spans if s.decided and s.models[0] != largest)
     largest_wins = sum(len(s.results) for s in spans if s.decided and s.models[0] == largest)
