@@ -9,18 +9,52 @@ channel width; SD uses 32 groups. Here ``norm_num_groups = gcd(c, 32)``, which i
 32 for every paper width (all multiples of 32) and still valid for the narrow
 CPU widths (c=16 -> 16 groups, c=8 -> 8 groups). ``c`` must be a positive
 multiple of 8 so that the 8 attention heads divide every width.
+
+Cost accounting (all counted from the model itself, on the meta device):
+``count_params``, ``count_gflops`` (one UNet forward at batch 1: latent
+``latent_channels x latent_size x latent_size``, context ``context_len x
+context_dim``, one timestep; conventions ``dense`` and ``xla``, see
+:mod:`ldmscale.flops`), ``normalized_cost`` (GFLOPs / GFLOPs of the same spec at
+the reference width, c=320 in the paper) and ``family_table``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from ldmscale.config import Config, ConfigError
 
 PAPER_WIDTHS: tuple[int, ...] = (64, 96, 128, 160, 192, 224, 256, 288, 320, 512, 768)
 REFERENCE_WIDTH = 320
 SD_HEADS = 8
+
+
+class PaperRow(NamedTuple):
+    """One column of the paper's Table 1 (reference values, for comparison only)."""
+
+    params: str  # as printed: "39M" ... "5B"
+    gflops: float
+    norm_cost: float
+
+
+# Table 1 of Mei et al. (2024). Note: the c=64 GFLOPs entry (25.3) contradicts its own
+# normalized cost (0.07 x 789.3 = 55); every count puts it at about 52-57 (docs/family.md).
+PAPER_TABLE: dict[int, PaperRow] = {
+    64: PaperRow("39M", 25.3, 0.07),
+    96: PaperRow("83M", 102.7, 0.13),
+    128: PaperRow("145M", 161.5, 0.20),
+    160: PaperRow("223M", 233.5, 0.30),
+    192: PaperRow("318M", 318.5, 0.40),
+    224: PaperRow("430M", 416.6, 0.53),
+    256: PaperRow("558M", 527.8, 0.67),
+    288: PaperRow("704M", 652.0, 0.83),
+    320: PaperRow("866M", 789.3, 1.00),
+    512: PaperRow("2B", 1887.5, 2.39),
+    768: PaperRow("5B", 4082.6, 5.17),
+}
 
 
 @dataclass
@@ -110,3 +144,143 @@ def build_unet(spec: UNetSpec, device: str = "cpu"):
 
     with torch.device(device):
         return UNet2DConditionModel(**spec.unet_config())
+
+
+def unet_inputs(spec: UNetSpec, device: str = "meta", batch: int = 1) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` for one UNet forward: latent, one timestep per item, text context."""
+    import torch
+
+    sample = torch.zeros(
+        batch, spec.latent_channels, spec.latent_size, spec.latent_size, device=device
+    )
+    timestep = torch.full((batch,), 500, dtype=torch.long, device=device)
+    context = torch.zeros(batch, spec.context_len, spec.context_dim, device=device)
+    return (sample, timestep), {"encoder_hidden_states": context}
+
+
+_COUNT_CACHE: dict[tuple[str, str], Any] = {}
+_META_MODELS: dict[str, Any] = {}  # the most recent meta-device models, by spec
+
+
+def meta_unet(spec: UNetSpec):
+    """A meta-device model for ``spec`` (cached: counting several conventions builds it once)."""
+    key = spec.to_json()
+    if key not in _META_MODELS:
+        if len(_META_MODELS) >= 2:
+            _META_MODELS.pop(next(iter(_META_MODELS)))
+        _META_MODELS[key] = build_unet(spec, "meta").eval()
+    return _META_MODELS[key]
+
+
+def _cached(spec: UNetSpec, what: str, compute) -> Any:
+    key = (spec.to_json(), what)
+    if key not in _COUNT_CACHE:
+        _COUNT_CACHE[key] = compute()
+    return _COUNT_CACHE[key]
+
+
+def count_params(spec: UNetSpec) -> int:
+    """Number of UNet parameters (counted on a meta-device model, no memory used)."""
+
+    def compute() -> int:
+        return sum(p.numel() for p in meta_unet(spec).parameters())
+
+    return _cached(spec, "params", compute)
+
+
+def count_flops(spec: UNetSpec, convention: str = "xla"):
+    """The full :class:`ldmscale.flops.FlopCount` (total and per-rule breakdown) of one
+    UNet forward at batch 1, counted on the meta device."""
+    from ldmscale import flops
+
+    flops.check_convention(convention)
+
+    def compute():
+        args, kwargs = unet_inputs(spec, "meta")
+        return flops.count_flops(meta_unet(spec), args, kwargs, convention)
+
+    return _cached(spec, f"flops:{convention}", compute)
+
+
+def count_gflops(spec: UNetSpec, convention: str = "xla") -> float:
+    """GFLOPs (1e9 FLOPs) of one UNet forward at batch 1 (see :mod:`ldmscale.flops`
+    for the ``dense`` and ``xla`` conventions). CFG's doubled batch is not included."""
+    return count_flops(spec, convention).total / 1e9
+
+
+def normalized_cost(
+    spec: UNetSpec, reference_c: int = REFERENCE_WIDTH, convention: str = "xla"
+) -> float:
+    """GFLOPs of ``spec`` divided by GFLOPs of the same spec with ``c = reference_c``."""
+    reference = spec.replace(c=reference_c)
+    return count_gflops(spec, convention) / count_gflops(reference, convention)
+
+
+def round_params(n: int) -> str:
+    """Format a parameter count as the paper's Table 1 does: "39M", "866M", "2B"."""
+    return f"{round(n / 1e9)}B" if n >= 1e9 else f"{round(n / 1e6)}M"
+
+
+def is_paper_setting(spec: UNetSpec) -> bool:
+    """True when ``spec`` matches Table 1's setting except for ``c`` (4x64x64 latent,
+    77x1024 context, SD layout), so that the paper's numbers are comparable."""
+    return spec.replace(c=REFERENCE_WIDTH) == UNetSpec()
+
+
+def family_table(
+    widths: Iterable[int] = PAPER_WIDTHS,
+    base_spec: UNetSpec | None = None,
+    reference_c: int = REFERENCE_WIDTH,
+    conventions: Iterable[str] = ("dense", "xla"),
+    progress: bool | None = None,
+) -> list[dict[str, Any]]:
+    """One row per width: ``c, norm_num_groups, params, gflops_<conv>, norm_cost_<conv>``,
+    ``norm_cost`` (xla when counted, else the first convention) and, for the paper's
+    widths in the paper's setting, ``paper_params, paper_gflops, paper_norm_cost`` and
+    ``err_<conv>_pct`` (our GFLOPs vs the paper's, in percent).
+
+    ``base_spec`` gives everything but ``c`` (default: the paper's setting).
+    ``progress=None`` shows a progress bar only on a terminal.
+    """
+    from tqdm import tqdm
+
+    from ldmscale import flops
+
+    base_spec = base_spec or UNetSpec()
+    conventions = [flops.check_convention(c) for c in conventions]
+    if not conventions:
+        raise ConfigError("family_table needs at least one FLOP convention ('dense', 'xla')")
+    widths = list(widths)
+    if not widths:
+        raise ConfigError("family_table needs at least one width, e.g. [16, 32, 64]")
+    specs = [base_spec.replace(c=c) for c in widths]  # validates every width first
+    reference = base_spec.replace(c=reference_c)
+    paper = is_paper_setting(base_spec) and reference_c == REFERENCE_WIDTH
+    rows = []
+    for spec in tqdm(
+        specs, desc="counting widths", disable=None if progress is None else not progress
+    ):
+        row: dict[str, Any] = {
+            "c": spec.c,
+            "norm_num_groups": spec.norm_num_groups,
+            "params": count_params(spec),
+        }
+        for conv in conventions:
+            row[f"gflops_{conv}"] = count_gflops(spec, conv)
+        for conv in conventions:
+            row[f"norm_cost_{conv}"] = row[f"gflops_{conv}"] / count_gflops(reference, conv)
+        row["norm_cost"] = row[
+            "norm_cost_xla" if "xla" in conventions else f"norm_cost_{conventions[0]}"
+        ]
+        if paper and spec.c in PAPER_TABLE:
+            ref = PAPER_TABLE[spec.c]
+            row.update(
+                paper_params=ref.params,
+                params_rounded=round_params(row["params"]),
+                paper_gflops=ref.gflops,
+                paper_norm_cost=ref.norm_cost,
+            )
+            for conv in conventions:
+                row[f"err_{conv}_pct"] = 100 * (row[f"gflops_{conv}"] / ref.gflops - 1)
+        rows.append(row)
+    return rows
