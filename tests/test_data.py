@@ -352,6 +352,15 @@ def test_lazy_validation_reports_on_access(tmp_path):
         ds[1]
 
 
+def test_large_sets_decode_from_disk(tiny_shapes):
+    in_memory = load_dataset(tiny_shapes, resolution=16)
+    on_disk = load_dataset(tiny_shapes, resolution=16, max_memory_bytes=0)
+    assert on_disk._pixels is None and in_memory._pixels is not None
+    assert np.array_equal(on_disk.images_uint8([0, 5]), in_memory.images_uint8([0, 5]))
+    assert torch.equal(on_disk[7].image, in_memory[7].image)
+    assert on_disk.fingerprint() == in_memory.fingerprint()
+
+
 # --------------------------------------------------------------------------- fingerprint
 
 

@@ -174,8 +174,9 @@ class ImageCaptionDataset(Dataset):
 
 
 def _read_and_decode(
-    path: Path, resolution: int, decode: bool
+    path: Path, resolution: int, decode: bool, keep: bool
 ) -> tuple[str, np.ndarray | None, str | None]:
+    """``(sha256 of the bytes, pixels if decoded and kept, problem or None)``."""
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -184,11 +185,12 @@ def _read_and_decode(
     if not decode:
         return digest, None, None
     try:
-        return digest, decode_image(data, resolution), None
+        pixels = decode_image(data, resolution)
     except (
         Exception
     ) as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
         return digest, None, f"not a readable image ({type(e).__name__}: {e})"
+    return digest, pixels if keep else None, None
 
 
 def _entries(n: int) -> str:
@@ -232,12 +234,15 @@ def load_dataset(
     unique = list(dict.fromkeys(e.path for e in entries))
     show = len(unique) >= 2000 if progress is None else progress
     workers = min(4, os.cpu_count() or 1)
+    in_memory = validate and len(unique) * resolution * resolution * 3 <= max_memory_bytes
     with ThreadPoolExecutor(workers) as pool:
         results = dict(
             zip(
                 unique,
                 tqdm(
-                    pool.map(lambda p: _read_and_decode(p, resolution, validate), unique),
+                    pool.map(
+                        lambda p: _read_and_decode(p, resolution, validate, in_memory), unique
+                    ),
                     total=len(unique),
                     desc=f"checking {split}",
                     unit="img",
@@ -267,7 +272,7 @@ def load_dataset(
             stacklevel=2,
         )
     pixels = None
-    if validate and len(keep) * resolution * resolution * 3 <= max_memory_bytes:
+    if in_memory:
         pixels = np.stack([results[e.path][1] for e in keep])
     return ImageCaptionDataset(
         keys=[e.key for e in keep],
