@@ -571,6 +571,9 @@ def trained_widths(rows: Sequence[dict], curves_: Sequence[TrainingCurve]) -> li
                 "trained steps": None,
             },
         )
+        step = train_step_of(r)
+        if step is not None:
+            out[m]["trained steps"] = max(step, out[m]["trained steps"] or 0)
     for cv in curves_:
         match = [v for v in out.values() if cv.c is not None and v["c"] == cv.c]
         if match and len(match) == 1:
