@@ -15,7 +15,17 @@ import sys
 from ldmscale import __version__
 
 # Sub-command modules, in the order `--help` lists them (the data flow's order).
-COMMANDS = ("family", "data", "autoencoder", "train", "sample", "frontier", "report", "study")
+COMMANDS = (
+    "family",
+    "data",
+    "autoencoder",
+    "train",
+    "sample",
+    "sweep",
+    "frontier",
+    "report",
+    "study",
+)
 
 
 class UserError(Exception):

@@ -1,0 +1,885 @@
+"""Sweeps: the grid of (model, sampler, steps, guidance) cells, run resumably into a results store.
+
+A sweep is planned from a :class:`SweepConfig` into :class:`Cell` s. Every cell uses the same
+prompt set (the first ``n_images`` validation captions of a dataset, in file order) and the
+same seed set (``range(seed0, seed0 + n_images)``): image ``i`` of every cell is prompt ``i``
+with seed ``i``, so cells differ only in what the sweep varies. A cell with fewer images (the
+adaptive search, :mod:`ldmscale.adaptive`) uses the first ``n`` of both lists.
+
+Cells are evaluated by a pluggable callable ``evaluate(cell) -> CellResult``; the real one,
+:func:`evaluate_cell`, samples with per-image seeds (``ldmscale.sampling.generate``), scores the
+images (``ldmscale.metrics``) and attaches bootstrap confidence intervals. Each result is
+written to the :class:`~ldmscale.store.ResultsStore` in its own transaction as soon as it
+completes, by this (driver) process only. A rerun skips every cell already stored, so a
+killed sweep resumes where it stopped.
+
+Executors: ``serial`` (this process) or ``ray`` (cells as Ray tasks on a local instance or an
+existing cluster; results come back to the driver, which writes them).
+
+Conventions: guidance ``w`` as in ``eps = u + w (c - u)``, ``w = 1`` is no guidance (and then no
+doubled batch). Sampling cost = normalized cost x steps. UNet evaluations of a cell =
+images x steps x (2 with CFG, else 1).
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ldmscale.config import Config, ConfigError
+from ldmscale.io import hash_json, sha256_file
+from ldmscale.store import ResultsStore
+
+SAMPLERS = ("ddim", "ddpm", "dpmpp")
+EXECUTORS = ("serial", "ray")
+PAPER_GUIDANCE = (1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+
+#: Rough metric cost in seconds per generated image on 2 CPU cores, for ``--dry-run``
+#: (Inception FID ~8 img/s and EfficientNet ~22 img/s measured here; the others are guesses).
+METRIC_SECONDS_PER_IMAGE = {
+    "fid": 1 / 8,
+    "fd_inception": 1 / 8,
+    "fd_effnet": 1 / 22,
+    "fd_probe": 1 / 200,
+    "alignment": 1 / 100,
+    "clip_score": 1 / 10,
+}
+DEFAULT_METRIC_SECONDS = 1 / 20
+
+
+class SweepError(ValueError):
+    """A sweep that cannot be planned or run as configured; the message says how to fix it."""
+
+
+@dataclass
+class SweepConfig(Config):
+    """A sweep: every model x sampler x steps x guidance, ``n_images`` images per cell.
+
+    models: model folders (``<run>/model/``, a run folder, or a diffusers SD folder).
+    samplers: subset of ``ddim``, ``ddpm``, ``dpmpp`` (DPM-Solver++).
+    steps: sampling step counts. DPM-Solver++ cells above ``dpmpp_max_steps`` (20, as in the
+        paper) are skipped with a note in the plan.
+    guidance: CFG scales ``w`` (``w = 1`` is no guidance); the paper's 1.5 ... 8.
+    n_images: images per cell (prompt ``i`` with seed ``seed0 + i``).
+    dataset, split, resolution: where the prompts (captions, first ``n_images`` in file order)
+        and the metrics' reference images come from. ``prompts`` overrides the captions.
+    metrics: metric names (see :func:`compute_metrics`); lower-is-better ones start with
+        ``fid``/``fd_``/``kid``.
+    bootstrap, ci_level: bootstrap resamples over generated images and the CI level.
+    batch_size: images per sampling batch (per UNet call; CFG doubles it inside).
+    executor: ``serial`` or ``ray``; address: an existing Ray cluster (``ray://host:10001`` or
+        ``auto``), None for a local instance with ``num_cpus`` CPUs.
+    store: the results store (SQLite file).
+    """
+
+    models: tuple[str, ...] = ()
+    samplers: tuple[str, ...] = SAMPLERS
+    steps: tuple[int, ...] = (4, 8, 16, 20, 50)
+    guidance: tuple[float, ...] = PAPER_GUIDANCE
+    n_images: int = 256
+    dataset: str | None = None
+    split: str = "validation"
+    resolution: int = 32
+    prompts: tuple[str, ...] = ()
+    seed0: int = 0
+    metrics: tuple[str, ...] = ("fd_probe", "alignment")
+    bootstrap: int = 200
+    ci_level: float = 0.95
+    batch_size: int = 16
+    dpmpp_max_steps: int = 20
+    executor: str = "serial"
+    address: str | None = None
+    num_cpus: int = 2
+    store: str = "results.sqlite"
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.samplers if s not in SAMPLERS]
+        if bad:
+            raise ConfigError(f"SweepConfig.samplers: unknown {bad}; choose from {list(SAMPLERS)}")
+        if any(int(s) < 1 for s in self.steps):
+            raise ConfigError(f"SweepConfig.steps must all be >= 1, got {list(self.steps)}")
+        if any(float(g) < 0 for g in self.guidance):
+            raise ConfigError(
+                f"SweepConfig.guidance must be >= 0 (1 = no guidance), got {list(self.guidance)}"
+            )
+        if self.n_images < 1 or self.batch_size < 1:
+            raise ConfigError("SweepConfig.n_images and batch_size must be >= 1")
+        if self.executor not in EXECUTORS:
+            raise ConfigError(
+                f"SweepConfig.executor {self.executor!r} unknown; choose from {list(EXECUTORS)}"
+            )
+        if not 0 < self.ci_level < 1:
+            raise ConfigError(f"SweepConfig.ci_level must be in (0, 1), got {self.ci_level}")
+        if self.bootstrap < 0:
+            raise ConfigError(f"SweepConfig.bootstrap must be >= 0, got {self.bootstrap}")
+
+
+# --------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What identifies a model in the store, read from its folder without loading weights.
+
+    hash: sha256 over the UNet and VAE weight files and the model's JSON configs.
+    norm_cost: normalized cost (None for SD folders until the evaluator reports it).
+    config: ``ldmscale_model.json`` (minus ``train_config``) or the UNet config.
+    """
+
+    path: str
+    name: str
+    hash: str
+    c: int | None
+    params: int | None
+    norm_cost: float | None
+    config: dict = field(default_factory=dict, compare=False)
+
+
+def _model_folder(path: Path) -> tuple[Path, str]:
+    if (path / "ldmscale_model.json").is_file():
+        return path, "ldmscale"
+    if (path / "model" / "ldmscale_model.json").is_file():
+        return path / "model", "ldmscale"
+    if (path / "model_index.json").is_file():
+        return path, "diffusers"
+    raise SweepError(
+        f"{path} is not a model folder: expected ldmscale_model.json (a training run's model/ "
+        "folder) or model_index.json (a diffusers Stable Diffusion folder)"
+    )
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    files = []
+    for sub in ("unet", "vae"):
+        d = folder / sub
+        files += sorted(p for p in d.glob("*") if p.suffix in (".safetensors", ".bin", ".json"))
+    own = folder / "ldmscale_model.json"
+    return files + ([own] if own.is_file() else [])
+
+
+def _count_params(unet_dir: Path) -> int | None:
+    files = sorted(unet_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    total = 0
+    for f in files:
+        with safe_open(f, framework="numpy") as st:
+            for k in st.keys():
+                total += math.prod(st.get_slice(k).get_shape())
+    return total
+
+
+@cache
+def _describe_model_cached(path: str, stamp: tuple) -> ModelInfo:
+    import json
+
+    folder, kind = _model_folder(Path(path))
+    files = _weight_files(folder)
+    if not any(f.suffix in (".safetensors", ".bin") for f in files):
+        raise SweepError(f"{folder}: no weight files under unet/ or vae/; is the export complete?")
+    digest = hash_json([[str(f.relative_to(folder)), sha256_file(f)] for f in files], length=32)
+    params = _count_params(folder / "unet")
+    if kind == "ldmscale":
+        meta = json.loads((folder / "ldmscale_model.json").read_text())
+        meta.pop("train_config", None)
+        name = meta.get("name") or (folder.parent.name if folder.name == "model" else folder.name)
+        c = (meta.get("unet_spec") or {}).get("c")
+        norm_cost = meta.get("norm_cost")
+        return ModelInfo(str(folder), name, digest, c, params, norm_cost, meta)
+    unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
+    c = int(unet_cfg["block_out_channels"][0])
+    return ModelInfo(str(folder), folder.name, digest, c, params, None, unet_cfg)
+
+
+def describe_model(path: str | Path) -> ModelInfo:
+    """Read a model folder's identity (hash, width, params, normalized cost). Cached per process."""
+    path = Path(path).resolve()
+    if not path.is_dir():
+        raise SweepError(f"model folder not found: {path}")
+    folder, _ = _model_folder(path)
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in _weight_files(folder))
+    return _describe_model_cached(str(path), stamp)
+
+
+# --------------------------------------------------------------------------------------
+# Cells and plans
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One evaluation: a model sampled with one sampler config on ``n_images`` prompts/seeds.
+
+    prompts[i] is sampled with seeds[i]; protocol fixes the metrics and their reference.
+    """
+
+    model: ModelInfo
+    sampler: str
+    steps: int
+    guidance: float
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    protocol: dict = field(compare=False)
+    batch_size: int = 16
+
+    @property
+    def n_images(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def cfg(self) -> bool:
+        """Whether sampling runs the doubled CFG batch (``w != 1``)."""
+        return self.guidance != 1.0
+
+    @property
+    def unet_evals(self) -> int:
+        """UNet evaluations for the whole cell: images x steps x (2 with CFG)."""
+        return self.n_images * self.steps * (2 if self.cfg else 1)
+
+    @property
+    def group(self) -> tuple[str, str, int]:
+        """(model hash, sampler, steps): the cells among which guidance is optimized."""
+        return (self.model.hash, self.sampler, self.steps)
+
+    @property
+    def sampler_config(self) -> dict[str, Any]:
+        return {"name": self.sampler, "steps": self.steps, "guidance": self.guidance}
+
+    @property
+    def cell_id(self) -> str:
+        """Deterministic id: hash of model weights, sampler config, N, prompts, seeds, protocol."""
+        return hash_json(
+            {
+                "model_hash": self.model.hash,
+                "sampler": self.sampler_config,
+                "n_images": self.n_images,
+                "prompts": hash_json(list(self.prompts)),
+                "seeds": hash_json(list(self.seeds)),
+                "protocol": self.protocol,
+            },
+            length=24,
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{self.model.name} {self.sampler} {self.steps} steps w={self.guidance:g} "
+            f"N={self.n_images}"
+        )
+
+
+@dataclass
+class CellResult:
+    """What an evaluator returns for a cell.
+
+    metrics: {name: {"value", "lo", "hi", "n"}} (lo/hi: bootstrap CI at the protocol's level).
+    nfe: UNet evaluations per image (the steps; CFG's doubled batch is one evaluation).
+    flops: actual FLOPs per image, including the doubled CFG batch (None if unknown).
+    norm_cost: the model's normalized cost, when the cell's ModelInfo did not know it.
+    wall_s: seconds the evaluation took. extra: anything else for the provenance.
+    """
+
+    metrics: dict[str, dict[str, float]]
+    nfe: float
+    flops: float | None = None
+    norm_cost: float | None = None
+    wall_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Evaluator = Callable[[Cell], CellResult]
+
+
+@dataclass
+class SweepContext:
+    """The resolved inputs every cell of a sweep shares: models, prompts, seeds, protocol."""
+
+    models: list[ModelInfo]
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    protocol: dict
+    batch_size: int
+
+    def cell(
+        self, model: ModelInfo, sampler: str, steps: int, guidance: float, n_images: int
+    ) -> Cell:
+        if n_images > len(self.seeds):
+            raise SweepError(f"a cell of {n_images} images exceeds the sweep's {len(self.seeds)}")
+        return Cell(
+            model=model,
+            sampler=sampler,
+            steps=int(steps),
+            guidance=round(float(guidance), 6),
+            prompts=self.prompts[:n_images],
+            seeds=self.seeds[:n_images],
+            protocol=self.protocol,
+            batch_size=self.batch_size,
+        )
+
+
+@dataclass
+class Plan:
+    """The cells of a sweep, in execution order (grouped by model), plus notes on skipped ones."""
+
+    cells: list[Cell]
+    notes: list[str]
+    context: SweepContext
+
+    @property
+    def unet_evals(self) -> int:
+        return sum(c.unet_evals for c in self.cells)
+
+    @property
+    def images(self) -> int:
+        return sum(c.n_images for c in self.cells)
+
+
+def load_prompts(cfg: SweepConfig) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The first ``n_images`` prompts (dataset captions in file order, or ``cfg.prompts``),
+    cycled if there are fewer, and a description of where they came from."""
+    source: dict[str, Any]
+    if cfg.prompts:
+        captions = list(cfg.prompts)
+        source = {"source": "config"}
+    elif cfg.dataset:
+        from ldmscale.data import load_dataset
+
+        ds = load_dataset(cfg.dataset, split=cfg.split, resolution=cfg.resolution, validate=False)
+        captions = list(ds.captions)
+        source = {
+            "source": "dataset",
+            "dataset": str(cfg.dataset),
+            "split": cfg.split,
+            "fingerprint": ds.fingerprint(),
+        }
+    else:
+        raise SweepError(
+            "the sweep has no prompts: set `dataset` (a dataset folder; its validation captions "
+            "are used) or `prompts` in the sweep config"
+        )
+    if not captions:
+        raise SweepError(f"no captions found in {source}")
+    source["cycled"] = len(captions) < cfg.n_images
+    source["available"] = len(captions)
+    prompts = tuple(captions[i % len(captions)] for i in range(cfg.n_images))
+    return prompts, source
+
+
+def metric_protocol(cfg: SweepConfig, prompt_source: dict[str, Any]) -> dict[str, Any]:
+    """The metric protocol: part of every cell id, so changing it makes new cells."""
+    return {
+        "metrics": sorted(cfg.metrics),
+        "bootstrap": cfg.bootstrap,
+        "ci_level": cfg.ci_level,
+        "reference": {
+            "dataset": str(cfg.dataset) if cfg.dataset else None,
+            "split": cfg.split,
+            "resolution": cfg.resolution,
+            "fingerprint": prompt_source.get("fingerprint"),
+        },
+        "prompts": prompt_source,
+    }
+
+
+def resolve(cfg: SweepConfig) -> SweepContext:
+    """Describe the models and fix the prompt set, seed set and protocol."""
+    if not cfg.models:
+        raise SweepError("the sweep has no models: set `models` (model folders) or pass --models")
+    models = [describe_model(p) for p in cfg.models]
+    prompts, source = load_prompts(cfg)
+    seeds = tuple(range(cfg.seed0, cfg.seed0 + cfg.n_images))
+    return SweepContext(models, prompts, seeds, metric_protocol(cfg, source), cfg.batch_size)
+
+
+def plan_sweep(cfg: SweepConfig, context: SweepContext | None = None) -> Plan:
+    """All cells of the grid, grouped by model (so a worker loads each model once)."""
+    ctx = context or resolve(cfg)
+    cells: list[Cell] = []
+    notes: list[str] = []
+    skipped_dpmpp = sorted({int(s) for s in cfg.steps if int(s) > cfg.dpmpp_max_steps})
+    if "dpmpp" in cfg.samplers and skipped_dpmpp:
+        notes.append(
+            f"DPM-Solver++ cells with {skipped_dpmpp} steps skipped: the solver is meant for "
+            f"<= {cfg.dpmpp_max_steps} steps (as in the paper); raise dpmpp_max_steps to keep them"
+        )
+    for model in ctx.models:
+        for sampler in cfg.samplers:
+            for steps in sorted({int(s) for s in cfg.steps}):
+                if sampler == "dpmpp" and steps > cfg.dpmpp_max_steps:
+                    continue
+                for g in sorted({float(g) for g in cfg.guidance}):
+                    cells.append(ctx.cell(model, sampler, steps, g, cfg.n_images))
+    seen: set[str] = set()
+    unique = []
+    for c in cells:
+        if c.cell_id not in seen:
+            seen.add(c.cell_id)
+            unique.append(c)
+    if len(unique) < len(cells):
+        notes.append(
+            f"{len(cells) - len(unique)} duplicate cells dropped (same model listed twice?)"
+        )
+    return Plan(unique, notes, ctx)
+
+
+# --------------------------------------------------------------------------------------
+# Running cells
+# --------------------------------------------------------------------------------------
+
+
+@cache
+def code_version() -> str:
+    """``<package version>+g<commit>[-dirty]`` when run from a git checkout, else the version."""
+    from ldmscale import __version__
+
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if sha.returncode != 0:
+            return __version__
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "diff", "--quiet", "HEAD", "--", str(here)], timeout=10
+        ).returncode
+        return f"{__version__}+g{sha.stdout.strip()}{'-dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def cell_row(cell: Cell, result: CellResult) -> dict[str, Any]:
+    """The results-store row of an evaluated cell (everything that produced it)."""
+    norm_cost = cell.model.norm_cost if cell.model.norm_cost is not None else result.norm_cost
+    return {
+        "cell_id": cell.cell_id,
+        "model": cell.model.name,
+        "model_path": cell.model.path,
+        "model_hash": cell.model.hash,
+        "c": cell.model.c,
+        "params": cell.model.params,
+        "norm_cost": norm_cost,
+        "sampler": cell.sampler,
+        "steps": cell.steps,
+        "guidance": cell.guidance,
+        "n_images": cell.n_images,
+        "nfe": result.nfe,
+        "sampling_cost": None if norm_cost is None else norm_cost * cell.steps,
+        "flops": result.flops,
+        "metrics": result.metrics,
+        "protocol": cell.protocol,
+        "provenance": {
+            "model_config": cell.model.config,
+            "sampler_config": cell.sampler_config,
+            "batch_size": cell.batch_size,
+            "seeds": list(cell.seeds),
+            "prompts_hash": hash_json(list(cell.prompts)),
+            "code_version": code_version(),
+            "wall_s": result.wall_s,
+            **({"extra": result.extra} if result.extra else {}),
+        },
+    }
+
+
+@dataclass
+class RunSummary:
+    """What a run did: cells planned, already stored (skipped), computed now, and seconds."""
+
+    planned: int
+    skipped: int
+    computed: int
+    wall_s: float
+    computed_ids: list[str] = field(default_factory=list)
+
+
+def _timed(evaluate: Evaluator, cell: Cell) -> CellResult:
+    t0 = time.perf_counter()
+    result = evaluate(cell)
+    if not result.wall_s:
+        result.wall_s = time.perf_counter() - t0
+    return result
+
+
+_RAY_STARTED_HERE = False
+
+
+def ensure_ray(address: str | None = None, num_cpus: int = 2) -> Any:
+    """Connect to Ray once per process: ``address`` (an existing cluster) or a local instance."""
+    global _RAY_STARTED_HERE
+    try:
+        import ray
+    except ImportError as e:
+        raise SweepError(
+            "executor 'ray' needs Ray: `pip install 'ldmscale[ray]'` (or use --executor serial)"
+        ) from e
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            _RAY_STARTED_HERE = True
+    return ray
+
+
+def run_cells(
+    cells: Sequence[Cell],
+    store: ResultsStore,
+    evaluate: Evaluator | None = None,
+    executor: str = "serial",
+    address: str | None = None,
+    num_cpus: int = 2,
+    progress: bool = True,
+    desc: str = "cells",
+) -> RunSummary:
+    """Evaluate the cells not yet in ``store`` and write each one as it completes.
+
+    The driver is the only writer. On an evaluator error the cells finished so far stay
+    stored and the error is raised (with the cell named); rerunning resumes.
+    """
+    from tqdm import tqdm
+
+    evaluate = evaluate or evaluate_cell
+    t0 = time.perf_counter()
+    done = store.cell_ids()
+    pending = [c for c in cells if c.cell_id not in done]
+    summary = RunSummary(len(cells), len(cells) - len(pending), 0, 0.0)
+    bar = tqdm(total=len(pending), desc=desc, unit="cell", disable=not progress or not pending)
+
+    def finish(cell: Cell, result: CellResult) -> None:
+        if store.put(cell_row(cell, result)):
+            summary.computed += 1
+            summary.computed_ids.append(cell.cell_id)
+        bar.set_postfix_str(cell.describe(), refresh=False)
+        bar.update(1)
+
+    try:
+        if executor == "serial":
+            for cell in pending:
+                try:
+                    result = _timed(evaluate, cell)
+                except Exception as e:
+                    raise SweepError(f"cell {cell.describe()} ({cell.cell_id}) failed: {e}") from e
+                finish(cell, result)
+        elif executor == "ray":
+            _run_ray(pending, evaluate, address, num_cpus, finish)
+        else:
+            raise SweepError(f"unknown executor {executor!r}; choose from {list(EXECUTORS)}")
+    finally:
+        bar.close()
+    summary.wall_s = time.perf_counter() - t0
+    return summary
+
+
+def _run_ray(
+    pending: Sequence[Cell],
+    evaluate: Evaluator,
+    address: str | None,
+    num_cpus: int,
+    finish: Callable[[Cell, CellResult], None],
+) -> None:
+    if not pending:
+        return
+    ray = ensure_ray(address, num_cpus)
+    remote = ray.remote(num_cpus=1, max_retries=0)(_timed)
+    fn_ref = ray.put(evaluate)
+    futures = {remote.remote(fn_ref, cell): cell for cell in pending}
+    remaining = list(futures)
+    try:
+        while remaining:
+            ready, remaining = ray.wait(remaining, num_returns=1)
+            cell = futures[ready[0]]
+            try:
+                result = ray.get(ready[0])
+            except Exception as e:
+                raise SweepError(f"cell {cell.describe()} ({cell.cell_id}) failed: {e}") from e
+            finish(cell, result)
+    finally:
+        for ref in remaining:
+            ray.cancel(ref, force=True)
+
+
+def run_sweep(
+    cfg: SweepConfig,
+    store: ResultsStore | None = None,
+    evaluate: Evaluator | None = None,
+    progress: bool = True,
+    plan: Plan | None = None,
+) -> RunSummary:
+    """Plan ``cfg`` and evaluate the cells missing from the store (``cfg.store`` by default)."""
+    plan = plan or plan_sweep(cfg)
+    own = store is None
+    store = ResultsStore(cfg.store) if own else store
+    try:
+        return run_cells(
+            plan.cells, store, evaluate, cfg.executor, cfg.address, cfg.num_cpus, progress
+        )
+    finally:
+        if own:
+            store.close()
+
+
+# --------------------------------------------------------------------------------------
+# Dry run: counts and a calibrated time estimate
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Estimate:
+    """A plan's cost: cells, images and UNet evaluations (all / still missing), and seconds."""
+
+    cells: int
+    pending: int
+    images: int
+    unet_evals: int
+    pending_unet_evals: int
+    seconds: float
+    metric_seconds: float
+    per_model: dict[str, dict[str, float]]
+    notes: list[str]
+
+
+def calibrate_model(model: ModelInfo, batch_size: int, repeats: int = 2) -> dict[str, float]:
+    """Seconds for one UNet forward at ``batch_size`` and at ``2 x batch_size`` (CFG), and one
+    VAE decode of ``batch_size`` latents, timed on this machine with random weights of the
+    model's architecture."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    folder = Path(model.path)
+    unet_cfg = UNet2DConditionModel.load_config(folder / "unet")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel.from_config(unet_cfg).eval()
+    size = unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else size
+    ch = unet.config.in_channels
+    ctx_dim = unet.config.cross_attention_dim
+    ctx_len = int((model.config.get("unet_spec") or {}).get("context_len", 77))
+    if (model.config.get("text_encoder") or {}).get("max_length"):
+        ctx_len = int(model.config["text_encoder"]["max_length"])
+
+    def time_unet(b: int) -> float:
+        x = torch.randn(b, ch, h, w)
+        ctx = torch.randn(b, ctx_len, ctx_dim)
+        t = torch.full((b,), 500)
+        with torch.inference_mode():
+            unet(x, t, encoder_hidden_states=ctx)  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                unet(x, t, encoder_hidden_states=ctx)
+        return (time.perf_counter() - t0) / repeats
+
+    out = {"unet_s": time_unet(batch_size), "unet_cfg_s": time_unet(2 * batch_size)}
+    out["vae_s"] = 0.0
+    if (folder / "vae" / "config.json").is_file():
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")).eval()
+        z = torch.randn(batch_size, vae.config.latent_channels, h, w)
+        with torch.inference_mode():
+            vae.decode(z)
+            t0 = time.perf_counter()
+            vae.decode(z)
+        out["vae_s"] = time.perf_counter() - t0
+    return out
+
+
+def estimate_plan(
+    plan: Plan,
+    store: ResultsStore | None = None,
+    calibrate: bool = True,
+    repeats: int = 2,
+    calibrator: Callable[[ModelInfo, int, int], dict[str, float]] | None = None,
+) -> Estimate:
+    """Count the plan's work and, with ``calibrate``, estimate its serial wall time from a few
+    timed UNet forwards per model at the sweep's batch size, plus a rough metric cost."""
+    done = store.cell_ids() if store is not None else set()
+    pending = [c for c in plan.cells if c.cell_id not in done]
+    calibrator = calibrator or calibrate_model
+    timings: dict[str, dict[str, float]] = {}
+    per_model: dict[str, dict[str, float]] = {}
+    seconds = metric_seconds = 0.0
+    for cell in pending:
+        m = cell.model
+        if calibrate and m.hash not in timings:
+            timings[m.hash] = calibrator(m, plan.context.batch_size, repeats)
+        entry = per_model.setdefault(m.name, {"cells": 0, "unet_evals": 0, "seconds": 0.0})
+        entry["cells"] += 1
+        entry["unet_evals"] += cell.unet_evals
+        metric_s = cell.n_images * sum(
+            METRIC_SECONDS_PER_IMAGE.get(name, DEFAULT_METRIC_SECONDS)
+            for name in cell.protocol.get("metrics", [])
+        )
+        metric_seconds += metric_s
+        if calibrate:
+            t = timings[m.hash]
+            batches = math.ceil(cell.n_images / plan.context.batch_size)
+            per_batch = cell.steps * (t["unet_cfg_s"] if cell.cfg else t["unet_s"]) + t["vae_s"]
+            entry["seconds"] += batches * per_batch + metric_s
+            entry.update({f"calib_{k}": v for k, v in timings[m.hash].items()})
+            seconds += batches * per_batch + metric_s
+    notes = list(plan.notes)
+    if not calibrate:
+        notes.append("time not estimated (calibration off)")
+    return Estimate(
+        cells=len(plan.cells),
+        pending=len(pending),
+        images=plan.images,
+        unet_evals=plan.unet_evals,
+        pending_unet_evals=sum(c.unet_evals for c in pending),
+        seconds=seconds,
+        metric_seconds=metric_seconds,
+        per_model=per_model,
+        notes=notes,
+    )
+
+
+def _fmt_seconds(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def format_estimate(est: Estimate, batch_size: int) -> str:
+    """A human-readable plan summary (what ``ldmscale sweep --dry-run`` prints)."""
+    lines = [
+        f"cells: {est.cells} ({est.pending} not yet in the store)",
+        f"images: {est.images}",
+        f"UNet evaluations: {est.unet_evals:,} ({est.pending_unet_evals:,} still to run); "
+        "one = one image through one step, doubled with CFG",
+    ]
+    if est.seconds:
+        lines.append(
+            f"estimated time (serial, this machine, batch {batch_size}): "
+            f"{_fmt_seconds(est.seconds)}, of which metrics ~{_fmt_seconds(est.metric_seconds)}"
+        )
+        for name, e in est.per_model.items():
+            lines.append(
+                f"  {name}: {int(e['cells'])} cells, {int(e['unet_evals']):,} UNet evals, "
+                f"~{_fmt_seconds(e['seconds'])} (UNet forward {e.get('calib_unet_s', 0):.3f} s / "
+                f"{e.get('calib_unet_cfg_s', 0):.3f} s with CFG at batch {batch_size})"
+            )
+    for n in est.notes:
+        lines.append(f"note: {n}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# The real evaluator: sample -> metrics -> bootstrap CI
+# --------------------------------------------------------------------------------------
+
+
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray], float],
+    n: int,
+    resamples: int,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``(value, lo, hi)``: ``statistic(arange(n))`` and its percentile bootstrap CI from
+    ``resamples`` resamplings of the ``n`` indices with replacement (seeded)."""
+    idx = np.arange(n)
+    value = float(statistic(idx))
+    if resamples <= 0 or n < 2:
+        return value, value, value
+    rng = np.random.default_rng(seed)
+    stats = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)])
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+    return value, float(lo), float(hi)
+
+
+_MODELS: dict[str, Any] = {}
+_REFERENCE: dict[tuple, Any] = {}
+
+
+def _load_model_cached(model: ModelInfo) -> Any:
+    if model.hash not in _MODELS:
+        from ldmscale.model import load_model
+
+        _MODELS.clear()  # one model resident per process: cells are grouped by model
+        _MODELS[model.hash] = load_model(model.path)
+    return _MODELS[model.hash]
+
+
+def evaluate_cell(cell: Cell) -> CellResult:
+    """Sample the cell (per-image seeds), score it with the protocol's metrics, bootstrap CIs."""
+    from ldmscale.sampling import SamplerConfig, generate
+
+    t0 = time.perf_counter()
+    model = _load_model_cached(cell.model)
+    cfg = SamplerConfig(name=cell.sampler, steps=cell.steps, guidance=cell.guidance)
+    result = generate(
+        model, list(cell.prompts), list(cell.seeds), cfg, batch_size=cell.batch_size, progress=False
+    )
+    metrics = compute_metrics(result.images, list(cell.prompts), cell.protocol, seed=cell.seeds[0])
+    flops = getattr(result, "flops", None)
+    return CellResult(
+        metrics=metrics,
+        nfe=float(result.nfe),
+        flops=None if flops is None else float(flops),
+        norm_cost=float(model.norm_cost),
+        wall_s=time.perf_counter() - t0,
+    )
+
+
+def compute_metrics(
+    images: np.ndarray, prompts: list[str], protocol: dict[str, Any], seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Score uint8 images ``[N, H, W, 3]`` with the protocol's metrics, each with a bootstrap CI
+    over the generated images (the reference set is held fixed)."""
+    out = {}
+    for name in protocol["metrics"]:
+        value, lo, hi = _metric_with_ci(name, images, prompts, protocol, seed)
+        out[name] = {"value": value, "lo": lo, "hi": hi, "n": int(len(images))}
+    return out
+
+
+def _reference_images(protocol: dict[str, Any]) -> np.ndarray:
+    ref = protocol.get("reference") or {}
+    if not ref.get("dataset"):
+        raise SweepError(
+            "this metric needs reference images: set `dataset` in the sweep config "
+            "(its validation split is the reference set)"
+        )
+    key = (ref["dataset"], ref["split"], ref["resolution"])
+    if key not in _REFERENCE:
+        from ldmscale.data import load_dataset
+
+        ds = load_dataset(ref["dataset"], split=ref["split"], resolution=ref["resolution"])
+        _REFERENCE[key] = ds.images_uint8()
+    return _REFERENCE[key]
+
+
+def _metric_with_ci(
+    name: str, images: np.ndarray, prompts: list[str], protocol: dict[str, Any], seed: int
+) -> tuple[float, float, float]:
+    """Per-image features/scores once, then the statistic on bootstrap resamples of them."""
+    import ldmscale.metrics as M
+
+    resamples, level = int(protocol.get("bootstrap", 0)), float(protocol.get("ci_level", 0.95))
+    n = len(images)
+    raise SweepError(f"unknown metric {name!r} ({M}, {resamples}, {level}, {n})")
+
+
+def iter_groups(cells: Iterable[Cell]) -> dict[tuple[str, str, int], list[Cell]]:
+    """Cells keyed by their (model hash, sampler, steps) group, guidance ascending."""
+    groups: dict[tuple[str, str, int], list[Cell]] = {}
+    for c in cells:
+        groups.setdefault(c.group, []).append(c)
+    for v in groups.values():
+        v.sort(key=lambda c: c.guidance)
+    return groups

@@ -1,0 +1,616 @@
+"""Tests for ldmscale.sweep (planning, resumable runs, Ray executor, dry-run estimate),
+ldmscale.adaptive (guidance search) and the ``ldmscale sweep`` CLI.
+
+The engine is tested with ``synthetic_evaluate``: a deterministic evaluator with real
+arithmetic (an FD-like curve over guidance, unimodal in log w, with a small-N bias and
+seeded noise that shrinks as 1/sqrt(N)). It is importable as ``test_sweep:synthetic_evaluate``
+so that subprocesses (the kill-and-resume test) and Ray workers can run it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ldmscale.adaptive import (
+    AdaptiveConfig,
+    GroupSearch,
+    adaptive_search,
+    best_window,
+    schedule,
+    search_guidance,
+)
+from ldmscale.store import ResultsStore
+from ldmscale.sweep import (
+    Cell,
+    CellResult,
+    SweepConfig,
+    SweepError,
+    bootstrap_ci,
+    cell_row,
+    describe_model,
+    estimate_plan,
+    format_estimate,
+    plan_sweep,
+    run_cells,
+    run_sweep,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ("a red circle", "a blue square at the top", "a small green triangle", "two shapes")
+
+
+# --------------------------------------------------------------------------------------
+# Helpers: fake model folders and the deterministic evaluator
+# --------------------------------------------------------------------------------------
+
+
+def true_optimum(c: int, steps: int) -> float:
+    """The synthetic curve's best guidance: grows with model width, shrinks with steps."""
+    return 2.0 + c / 8.0 + 8.0 / steps
+
+
+def synthetic_evaluate(cell: Cell) -> CellResult:
+    """Deterministic FD-like and alignment-like scores for a cell (seeded by its cell_id)."""
+    log = os.environ.get("LDMSCALE_TEST_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{os.environ.get('LDMSCALE_TEST_RUN', '')} {cell.cell_id}\n")
+            f.flush()
+    delay = float(os.environ.get("LDMSCALE_TEST_DELAY", "0"))
+    if delay:
+        time.sleep(delay)
+    rng = np.random.default_rng(int(cell.cell_id[:12], 16))
+    n, c, g = cell.n_images, cell.model.c, cell.guidance
+    sd = 2.0 / math.sqrt(n)
+    fd = (
+        20
+        + 80 / c
+        + 30 / cell.steps
+        + 6 * (math.log(g) - math.log(true_optimum(c, cell.steps))) ** 2
+    )
+    fd += 16.0 / n + sd * rng.normal()
+    align = 0.2 + 0.05 * math.log(g) + 0.01 * rng.normal() / math.sqrt(n)
+    cfg_factor = 2 if cell.cfg else 1
+    return CellResult(
+        metrics={
+            "fd_probe": {"value": fd, "lo": fd - 1.96 * sd, "hi": fd + 1.96 * sd, "n": n},
+            "alignment": {"value": align, "lo": align - 0.01, "hi": align + 0.01, "n": n},
+        },
+        nfe=float(cell.steps),
+        flops=1e9 * (cell.model.norm_cost or 1.0) * cell.steps * cfg_factor,
+        wall_s=0.001,
+    )
+
+
+def make_fake_model(root: Path, name: str, c: int, norm_cost: float) -> Path:
+    """A model folder with the files describe_model reads (tiny weight files, real JSON)."""
+    from safetensors.numpy import save_file
+
+    folder = root / name / "model"
+    for sub in ("unet", "vae"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        weights = {"w": np.full((c, 3), c, dtype=np.float32), "b": np.zeros(c, np.float32)}
+        save_file(weights, str(folder / sub / "diffusion_pytorch_model.safetensors"))
+        (folder / sub / "config.json").write_text(json.dumps({"block_out_channels": [c, 2 * c]}))
+    meta = {
+        "format": "ldmscale-model/1",
+        "unet_spec": {"c": c, "context_dim": 16, "context_len": 8, "latent_size": 8},
+        "text_encoder": {"kind": "minilm", "path": None, "max_length": 8},
+        "norm_cost": norm_cost,
+        "scaling_factor": 1.0,
+    }
+    (folder / "ldmscale_model.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> list[str]:
+    root = tmp_path_factory.mktemp("models")
+    return [str(make_fake_model(root, f"c{c}", c, c / 320)) for c in (8, 16)]
+
+
+def small_cfg(models, tmp_path, **over) -> SweepConfig:
+    kw = dict(
+        models=tuple(models),
+        samplers=("ddim", "dpmpp"),
+        steps=(4, 8, 32),
+        guidance=(1.5, 3.0, 6.0),
+        n_images=16,
+        prompts=PROMPTS,
+        store=str(tmp_path / "results.sqlite"),
+        bootstrap=10,
+    )
+    kw.update(over)
+    return SweepConfig(**kw)
+
+
+# --------------------------------------------------------------------------------------
+# Models, cells and plans
+# --------------------------------------------------------------------------------------
+
+
+def test_describe_model_reads_identity(models, tmp_path):
+    a, b = describe_model(models[0]), describe_model(models[1])
+    assert (a.c, b.c) == (8, 16)
+    assert a.name == "c8" and a.norm_cost == pytest.approx(8 / 320)
+    assert a.params == 8 * 3 + 8  # counted from the UNet safetensors header
+    assert a.hash != b.hash and len(a.hash) == 32
+    # the run folder (parent of model/) is accepted and names the same model
+    assert describe_model(Path(models[0]).parent).hash == a.hash
+    with pytest.raises(SweepError, match="not a model folder"):
+        describe_model(tmp_path)
+    with pytest.raises(SweepError, match="not found"):
+        describe_model(tmp_path / "missing")
+
+
+def test_model_hash_changes_with_weights(tmp_path):
+    from safetensors.numpy import save_file
+
+    folder = make_fake_model(tmp_path, "m", 8, 0.1)
+    before = describe_model(folder).hash
+    save_file(
+        {"w": np.ones((8, 3), np.float32)},
+        str(folder / "unet" / "diffusion_pytorch_model.safetensors"),
+    )
+    assert describe_model(folder).hash != before
+
+
+def test_plan_counts_and_dpmpp_limit(models, tmp_path):
+    cfg = small_cfg(models, tmp_path)
+    plan = plan_sweep(cfg)
+    # 2 models x (ddim: 3 step counts + dpmpp: 2, 32 > 20 skipped) x 3 guidance
+    assert len(plan.cells) == 2 * (3 + 2) * 3
+    assert not any(c.sampler == "dpmpp" and c.steps > 20 for c in plan.cells)
+    assert any("DPM-Solver++" in n and "[32]" in n for n in plan.notes)
+    # every cell: the same prompts/seeds, cycled captions, seeds seed0..seed0+N-1
+    cell = plan.cells[0]
+    assert cell.seeds == tuple(range(16))
+    assert cell.prompts[:4] == PROMPTS and cell.prompts[4] == PROMPTS[0]
+    assert len({c.cell_id for c in plan.cells}) == len(plan.cells)
+    # UNet evaluations: images x steps x 2 (all guidance scales here are > 1)
+    assert plan.unet_evals == sum(16 * c.steps * 2 for c in plan.cells)
+    # a guidance of 1 means no CFG batch
+    one = plan.context.cell(cell.model, "ddim", 4, 1.0, 16)
+    assert not one.cfg and one.unet_evals == 16 * 4
+
+
+def test_cell_id_is_deterministic_and_sensitive(models, tmp_path):
+    cfg = small_cfg(models, tmp_path)
+    ids = [c.cell_id for c in plan_sweep(cfg).cells]
+    assert ids == [c.cell_id for c in plan_sweep(cfg).cells]
+    changed = {
+        "seed0": 1,
+        "prompts": PROMPTS[::-1],
+        "metrics": ("fd_probe",),
+        "bootstrap": 11,
+    }
+    for key, value in changed.items():
+        other = {c.cell_id for c in plan_sweep(cfg.replace(**{key: value})).cells}
+        assert other.isdisjoint(ids), key
+    # the executor and batch size do not change what a cell is
+    assert ids == [c.cell_id for c in plan_sweep(cfg.replace(executor="ray")).cells]
+
+
+def test_config_validation_and_roundtrip(models, tmp_path):
+    cfg = small_cfg(models, tmp_path)
+    path = cfg.save(tmp_path / "sweep.toml")
+    assert SweepConfig.load(path) == cfg
+    from ldmscale.config import ConfigError
+
+    with pytest.raises(ConfigError, match="samplers"):
+        SweepConfig(samplers=("euler",))
+    with pytest.raises(ConfigError, match="executor"):
+        SweepConfig(executor="dask")
+    assert SweepConfig().guidance == (1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+    with pytest.raises(SweepError, match="no prompts"):
+        plan_sweep(SweepConfig(models=tuple(models)))
+    with pytest.raises(SweepError, match="no models"):
+        plan_sweep(SweepConfig(prompts=PROMPTS))
+
+
+def test_prompts_from_dataset_captions(models, tmp_path, tiny_shapes):
+    from ldmscale.data import load_dataset
+
+    cfg = small_cfg(
+        models, tmp_path, prompts=(), dataset=str(tiny_shapes), resolution=16, n_images=20
+    )
+    plan = plan_sweep(cfg)
+    captions = load_dataset(tiny_shapes, split="validation", resolution=16).captions
+    cell = plan.cells[0]
+    assert list(cell.prompts[:16]) == list(captions)  # first N in file order, then cycled
+    assert cell.prompts[16:] == tuple(captions[:4])
+    assert cell.protocol["reference"]["fingerprint"]
+    assert cell.protocol["prompts"]["cycled"] is True
+
+
+# --------------------------------------------------------------------------------------
+# Running: rows, provenance, resume
+# --------------------------------------------------------------------------------------
+
+
+def test_run_sweep_writes_rows_with_provenance_and_resumes(models, tmp_path):
+    cfg = small_cfg(models, tmp_path)
+    plan = plan_sweep(cfg)
+    with ResultsStore(cfg.store) as store:
+        first = run_cells(plan.cells[:7], store, synthetic_evaluate, progress=False)
+        assert (first.computed, first.skipped) == (7, 0)
+        summary = run_sweep(cfg, store, synthetic_evaluate, progress=False)
+        assert summary.planned == 30 and summary.skipped == 7 and summary.computed == 23
+        again = run_sweep(cfg, store, synthetic_evaluate, progress=False)
+        assert again.computed == 0 and again.skipped == 30
+        rows = store.rows()
+    assert len(rows) == 30
+    assert {r["cell_id"] for r in rows} == {c.cell_id for c in plan.cells}
+    row = next(
+        r for r in rows if r["model"] == "c16" and r["sampler"] == "ddim" and r["steps"] == 8
+    )
+    assert row["sampling_cost"] == pytest.approx(16 / 320 * 8)
+    assert row["nfe"] == 8.0 and row["c"] == 16 and row["n_images"] == 16
+    assert row["flops"] == pytest.approx(1e9 * 16 / 320 * 8 * 2)
+    assert set(row["metrics"]) == {"fd_probe", "alignment"}
+    prov = row["provenance"]
+    assert prov["seeds"] == list(range(16))
+    assert prov["sampler_config"] == {"name": "ddim", "steps": 8, "guidance": row["guidance"]}
+    assert prov["model_config"]["unet_spec"]["c"] == 16
+    assert prov["code_version"].startswith("0.")
+    assert prov["prompts_hash"] and prov["created_at"]
+    assert row["protocol"]["metrics"] == ["alignment", "fd_probe"]
+
+
+def test_evaluator_failure_keeps_finished_cells(models, tmp_path):
+    cfg = small_cfg(models, tmp_path)
+    plan = plan_sweep(cfg)
+    calls = []
+
+    def flaky(cell):
+        calls.append(cell.cell_id)
+        if len(calls) == 4:
+            raise RuntimeError("out of memory")
+        return synthetic_evaluate(cell)
+
+    with ResultsStore(cfg.store) as store:
+        with pytest.raises(SweepError, match="failed: out of memory"):
+            run_cells(plan.cells, store, flaky, progress=False)
+        assert len(store) == 3
+        done = run_cells(plan.cells, store, synthetic_evaluate, progress=False)
+        assert done.skipped == 3 and done.computed == 27
+
+
+def _count_rows(path: Path) -> int:
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_sigkill_mid_sweep_then_resume(models, tmp_path):
+    """Kill -9 a running ``ldmscale sweep``; the rerun computes only the missing cells."""
+    cfg = small_cfg(models, tmp_path)
+    cfg_path = cfg.save(tmp_path / "sweep.json")
+    store_path = Path(cfg.store)
+    log = tmp_path / "evals.log"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    env.update(LDMSCALE_TEST_LOG=str(log), LDMSCALE_TEST_DELAY="0.1", LDMSCALE_TEST_RUN="1")
+    cmd = [sys.executable, "-m", "ldmscale", "sweep", "--config", str(cfg_path), "--no-progress"]
+    cmd += ["--evaluator", "test_sweep:synthetic_evaluate"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _count_rows(store_path) < 6:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "sweep made no progress"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    with ResultsStore(store_path) as store:
+        before = {r["cell_id"]: r for r in store.rows()}
+    assert 6 <= len(before) < 30
+
+    env.update(LDMSCALE_TEST_DELAY="0", LDMSCALE_TEST_RUN="2")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["already_stored"] == len(before)
+    assert summary["computed"] == 30 - len(before)
+
+    with ResultsStore(store_path) as store:
+        after = store.rows()
+    ids = [r["cell_id"] for r in after]
+    assert len(ids) == len(set(ids)) == 30
+    assert set(ids) == {c.cell_id for c in plan_sweep(cfg).cells}
+    for r in after:  # completed rows untouched
+        if r["cell_id"] in before:
+            assert r == before[r["cell_id"]]
+    second_run = [line.split()[1] for line in log.read_text().splitlines() if line.startswith("2 ")]
+    assert len(second_run) == 30 - len(before)
+    assert set(second_run).isdisjoint(before)
+
+
+# --------------------------------------------------------------------------------------
+# Ray executor
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    from ldmscale.sweep import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    # Ship this module's functions by value: Ray workers cannot import the tests folder.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_executor_matches_serial(models, tmp_path, ray_local):
+    cfg = small_cfg(models, tmp_path, steps=(4, 8), samplers=("ddim",))
+    with ResultsStore(tmp_path / "serial.sqlite") as s:
+        run_sweep(cfg, s, synthetic_evaluate, progress=False)
+        serial = {r["cell_id"]: r for r in s.rows()}
+    with ResultsStore(tmp_path / "ray.sqlite") as s:
+        summary = run_sweep(cfg.replace(executor="ray"), s, synthetic_evaluate, progress=False)
+        distributed = {r["cell_id"]: r for r in s.rows()}
+    assert summary.computed == len(serial) == 12
+    assert distributed.keys() == serial.keys()
+    for cid, row in serial.items():
+        assert distributed[cid]["metrics"] == row["metrics"]
+        assert distributed[cid]["flops"] == row["flops"]
+
+
+# --------------------------------------------------------------------------------------
+# Dry run
+# --------------------------------------------------------------------------------------
+
+
+def test_estimate_plan_counts_and_uses_calibration(models, tmp_path):
+    cfg = small_cfg(models, tmp_path, batch_size=8)
+    plan = plan_sweep(cfg)
+    calls = []
+
+    def fake_calibrate(model, batch_size, repeats):
+        calls.append((model.name, batch_size))
+        return {"unet_s": 0.01 * model.c, "unet_cfg_s": 0.02 * model.c, "vae_s": 0.5}
+
+    est = estimate_plan(plan, calibrator=fake_calibrate)
+    assert sorted(calls) == [("c16", 8), ("c8", 8)]  # once per model, at the sweep's batch size
+    assert est.cells == est.pending == 30
+    assert est.unet_evals == plan.unet_evals
+    # 2 batches of 8 per cell, every cell with CFG; plus metric seconds
+    expected = sum(2 * (c.steps * 0.02 * c.model.c + 0.5) for c in plan.cells)
+    assert est.seconds == pytest.approx(expected + est.metric_seconds)
+    text = format_estimate(est, 8)
+    assert "cells: 30" in text and f"{plan.unet_evals:,}" in text and "DPM-Solver++" in text
+    # cells already stored are not counted as pending
+    with ResultsStore(cfg.store) as store:
+        run_cells(plan.cells[:5], store, synthetic_evaluate, progress=False)
+        assert estimate_plan(plan, store, calibrate=False).pending == 25
+
+
+def test_calibrate_model_times_a_real_unet(tmp_path):
+    import torch
+
+    from ldmscale.family import UNetSpec, build_unet
+    from ldmscale.sweep import calibrate_model
+
+    spec = UNetSpec(c=8, context_dim=16, context_len=8, latent_size=8)
+    folder = make_fake_model(tmp_path, "real", 8, 0.01)
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    build_unet(spec).save_pretrained(folder / "unet")
+    vae = AutoencoderKL(
+        block_out_channels=(8,),
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+    )
+    vae.save_pretrained(folder / "vae")
+    t = calibrate_model(describe_model(folder), batch_size=2, repeats=1)
+    assert 0 < t["unet_s"] < 30 and 0 < t["unet_cfg_s"] < 30
+    assert 0 < t["vae_s"] < 30
+
+
+# --------------------------------------------------------------------------------------
+# Bootstrap
+# --------------------------------------------------------------------------------------
+
+
+def test_bootstrap_ci_of_a_mean():
+    x = np.random.default_rng(0).normal(5.0, 2.0, 400)
+    value, lo, hi = bootstrap_ci(lambda idx: x[idx].mean(), len(x), 300, 0.95, seed=1)
+    assert value == pytest.approx(x.mean())
+    half = 1.96 * x.std() / math.sqrt(len(x))
+    assert lo < value < hi
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.25)
+    assert bootstrap_ci(lambda idx: x[idx].mean(), 10, 0) == (x[:10].mean(),) * 3
+
+
+# --------------------------------------------------------------------------------------
+# Adaptive guidance search
+# --------------------------------------------------------------------------------------
+
+GRID = [1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+
+
+def test_schedule_and_window():
+    assert schedule(8, 256) == [(8, 32), (4, 64), (2, 128)]
+    assert sum(m * n for m, n in schedule(8, 256)) / (8 * 256) == 0.375
+    assert schedule(8, 32, n_min=8) == [(8, 8), (4, 8), (2, 16)]
+    assert schedule(1, 64) == [(1, 32)]
+    assert best_window([5, 1, 2, 9], 2) == 1
+    assert best_window([3, 2, 2, 3], 2) == 1  # first of equal windows
+
+
+def test_search_guidance_exact_on_noiseless_unimodal_curves():
+    for g_star in GRID:
+        s = search_guidance(GRID, lambda g, n, gs=g_star: (math.log(g) - math.log(gs)) ** 2, 256)
+        assert s.choice == g_star
+        assert s.images == 3 * 256
+
+
+def synthetic_groups(noise: float, groups: int, n_images: int = 256, seed: int = 0):
+    """Adaptive vs full grid on seeded noisy unimodal curves. ``noise``: std of the metric at
+    n_images (it grows as sqrt(n_images / n)); curve: 20 + 8 (ln w - ln w*)^2 + 16/n bias,
+    w* log-uniform over [1.5, 8]. Returns (within one step of grid optimum, images / grid)."""
+    rng = np.random.default_rng(seed)
+    within = spent = 0
+    for _ in range(groups):
+        log_opt = rng.uniform(math.log(1.5), math.log(8))
+
+        def score(g, n, log_opt=log_opt):
+            bias = 16 / n
+            return (
+                20
+                + 8 * (math.log(g) - log_opt) ** 2
+                + bias
+                + noise * math.sqrt(n_images / n) * rng.normal()
+            )
+
+        full = int(np.argmin([score(g, n_images) for g in GRID]))
+        s = search_guidance(GRID, score, n_images)
+        within += abs(GRID.index(s.choice) - full) <= 1
+        spent += s.images
+    return within / groups, spent / (groups * len(GRID) * n_images)
+
+
+def test_adaptive_meets_targets_on_synthetic_curves():
+    within, fraction = synthetic_groups(noise=0.5, groups=300)
+    assert within >= 0.90
+    assert fraction <= 0.40
+    # and it degrades gracefully: very noisy curves still mostly land near the grid's pick
+    within_noisy, _ = synthetic_groups(noise=1.0, groups=300, seed=1)
+    assert 0.6 < within_noisy < within
+
+
+def test_group_search_protocol_and_errors():
+    s = GroupSearch(GRID[::-1], 64)
+    assert s.grid == GRID and not s.done
+    assert s.requests() == [(g, 8) for g in GRID]
+    with pytest.raises(SweepError, match="expected 8 scores"):
+        s.tell([1.0])
+    with pytest.raises(SweepError, match="not finished"):
+        _ = s.choice
+
+
+def test_adaptive_search_writes_store_and_finds_optima(models, tmp_path):
+    cfg = small_cfg(
+        models, tmp_path, guidance=tuple(GRID), n_images=64, samplers=("ddim",), steps=(4, 16)
+    )
+    with ResultsStore(cfg.store) as store:
+        res = adaptive_search(cfg, store, synthetic_evaluate, AdaptiveConfig(), progress=False)
+        rows = store.rows()
+        assert res.computed == len(rows) == 4 * (8 + 4 + 2)
+        assert sorted({r["n_images"] for r in rows}) == [8, 16, 32]
+        assert res.images == 4 * (8 * 8 + 4 * 16 + 2 * 32)
+        assert res.grid_images == 4 * 8 * 64 and res.fraction == 0.375
+        for ch in res.choices:
+            c = 8 if ch["model"] == "c8" else 16
+            truth = min(
+                GRID, key=lambda g, c=c, ch=ch: abs(math.log(g / true_optimum(c, ch["steps"])))
+            )
+            assert abs(GRID.index(ch["guidance"]) - GRID.index(truth)) <= 1
+            assert ch["n_images"] == 32 and ch["metric"] == "fd_probe"
+        # rerun: everything is in the store, nothing recomputed, same choices
+        again = adaptive_search(cfg, store, synthetic_evaluate, progress=False)
+        assert again.computed == 0
+        assert [c["guidance"] for c in again.choices] == [c["guidance"] for c in res.choices]
+        # confirm: one full-N cell per group on top
+        conf = adaptive_search(
+            cfg, store, synthetic_evaluate, AdaptiveConfig(confirm=True), progress=False
+        )
+        assert conf.computed == 4 and all(c["n_images"] == 64 for c in conf.choices)
+        assert conf.fraction == 0.5
+        # a higher-is-better metric is maximized
+        best_align = adaptive_search(
+            cfg, store, synthetic_evaluate, AdaptiveConfig(metric="alignment"), progress=False
+        )
+        assert all(c["guidance"] >= 7.0 for c in best_align.choices)
+        with pytest.raises(SweepError, match="not among"):
+            adaptive_search(
+                cfg, store, synthetic_evaluate, AdaptiveConfig(metric="fid"), progress=False
+            )
+
+
+# --------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------
+
+
+def test_cli_dry_run_and_overrides(models, tmp_path, capsys, monkeypatch):
+    from ldmscale.cli import main
+
+    cfg = small_cfg(models, tmp_path)
+    path = cfg.save(tmp_path / "sweep.toml")
+    rc = main(
+        [
+            "sweep",
+            "--config",
+            str(path),
+            "--dry-run",
+            "--no-calibrate",
+            "--steps",
+            "4,8",
+            "--guidance",
+            "2,3",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "cells: 16" in out  # 2 models x 2 samplers x 2 steps x 2 guidance
+    assert f"{sum(16 * s * 2 for s in (4, 8)) * 2 * 2 * 2:,}" in out
+    assert main(["sweep", "--config", str(path), "--samplers", "euler", "--dry-run"]) == 2
+    assert "samplers" in capsys.readouterr().err
+
+
+def test_cli_run_adaptive_and_export(models, tmp_path, capsys):
+    from ldmscale.cli import main
+
+    cfg = small_cfg(models, tmp_path, samplers=("ddim",), steps=(4,))
+    path = cfg.save(tmp_path / "sweep.json")
+    ev = ["--evaluator", f"{__name__}:synthetic_evaluate", "--no-progress"]
+    assert main(["sweep", "--config", str(path), *ev]) == 0
+    assert json.loads(capsys.readouterr().out)["computed"] == 6
+    assert main(["sweep", "--config", str(path), "--adaptive", "--guidance", "1.5,2,3,4", *ev]) == 0
+    out = capsys.readouterr().out
+    assert "best w=" in out and "% of the grid" in out
+    csv_path, pq_path = tmp_path / "r.csv", tmp_path / "r.parquet"
+    assert main(["sweep", "export", "--store", cfg.store, "--csv", str(csv_path)]) == 0
+    n_rows = len(ResultsStore(cfg.store).rows())
+    assert f"wrote {n_rows} rows" in capsys.readouterr().out
+    assert len(csv_path.read_text().splitlines()) == n_rows + 1
+    assert main(["sweep", "export", "--store", cfg.store, "--parquet", str(pq_path)]) == 0
+    assert pq_path.stat().st_size > 0
+    assert (
+        main(["sweep", "export", "--store", str(tmp_path / "none.sqlite"), "--csv", "x.csv"]) == 2
+    )
+
+
+def test_cell_row_takes_norm_cost_from_result_when_model_lacks_it(models, tmp_path):
+    import dataclasses
+
+    cell = plan_sweep(small_cfg(models, tmp_path)).cells[0]
+    cell = dataclasses.replace(cell, model=dataclasses.replace(cell.model, norm_cost=None))
+    result = synthetic_evaluate(cell)
+    result.norm_cost = 0.5
+    row = cell_row(cell, result)
+    assert row["norm_cost"] == 0.5 and row["sampling_cost"] == 0.5 * cell.steps
