@@ -120,7 +120,9 @@ class ResultsStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if self.path.exists() and self.path.is_dir():
-            raise StoreError(f"results store {self.path} is a folder; give a file path, e.g. results.sqlite")
+            raise StoreError(
+                f"results store {self.path} is a folder; give a file path, e.g. results.sqlite"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=60.0)
@@ -174,7 +176,8 @@ class ResultsStore:
         cur.execute("BEGIN IMMEDIATE")
         try:
             cur.execute(
-                f"INSERT INTO cells ({cols}) VALUES ({marks}) ON CONFLICT(cell_id) DO NOTHING", values
+                f"INSERT INTO cells ({cols}) VALUES ({marks}) ON CONFLICT(cell_id) DO NOTHING",
+                values,
             )
             inserted = cur.rowcount == 1
             cur.execute("COMMIT")
@@ -205,7 +208,9 @@ class ResultsStore:
         """
         bad = set(where) - set(SCALAR_COLUMNS)
         if bad:
-            raise StoreError(f"cannot filter on {sorted(bad)}; filter keys are {list(SCALAR_COLUMNS)}")
+            raise StoreError(
+                f"cannot filter on {sorted(bad)}; filter keys are {list(SCALAR_COLUMNS)}"
+            )
         clause = " AND ".join(f"{k} = ?" for k in where)
         return self._select(f"WHERE {clause}" if clause else "", tuple(where.values()))
 
@@ -246,7 +251,9 @@ class ResultsStore:
         flat = [flatten_row(r) for r in self.rows()]
         header = _header(flat)
         columns = {k: [r.get(k) for r in flat] for k in header}
-        table = pa.table(columns) if flat else pa.table({k: pa.array([], pa.string()) for k in header})
+        table = (
+            pa.table(columns) if flat else pa.table({k: pa.array([], pa.string()) for k in header})
+        )
         path = Path(path)
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
