@@ -36,7 +36,6 @@ from ldmscale.sweep import (
     CellResult,
     SweepConfig,
     SweepError,
-    bootstrap_ci,
     cell_row,
     describe_model,
     estimate_plan,
@@ -428,21 +427,6 @@ def test_calibrate_model_times_a_real_unet(tmp_path):
     t = calibrate_model(describe_model(folder), batch_size=2, repeats=1)
     assert 0 < t["unet_s"] < 30 and 0 < t["unet_cfg_s"] < 30
     assert 0 < t["vae_s"] < 30
-
-
-# --------------------------------------------------------------------------------------
-# Bootstrap
-# --------------------------------------------------------------------------------------
-
-
-def test_bootstrap_ci_of_a_mean():
-    x = np.random.default_rng(0).normal(5.0, 2.0, 400)
-    value, lo, hi = bootstrap_ci(lambda idx: x[idx].mean(), len(x), 300, 0.95, seed=1)
-    assert value == pytest.approx(x.mean())
-    half = 1.96 * x.std() / math.sqrt(len(x))
-    assert lo < value < hi
-    assert (hi - lo) / 2 == pytest.approx(half, rel=0.25)
-    assert bootstrap_ci(lambda idx: x[idx].mean(), 10, 0) == (x[:10].mean(),) * 3
 
 
 # --------------------------------------------------------------------------------------

@@ -556,6 +556,8 @@ def run_cells(
     done = store.cell_ids()
     pending = [c for c in cells if c.cell_id not in done]
     summary = RunSummary(len(cells), len(cells) - len(pending), 0, 0.0)
+    if evaluate is evaluate_cell and pending:
+        prepare_metrics(pending[0].protocol)
     bar = tqdm(total=len(pending), desc=desc, unit="cell", disable=not progress or not pending)
 
     def finish(cell: Cell, result: CellResult) -> None:
@@ -782,28 +784,11 @@ def format_estimate(est: Estimate, batch_size: int) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def bootstrap_ci(
-    statistic: Callable[[np.ndarray], float],
-    n: int,
-    resamples: int,
-    level: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """``(value, lo, hi)``: ``statistic(arange(n))`` and its percentile bootstrap CI from
-    ``resamples`` resamplings of the ``n`` indices with replacement (seeded)."""
-    idx = np.arange(n)
-    value = float(statistic(idx))
-    if resamples <= 0 or n < 2:
-        return value, value, value
-    rng = np.random.default_rng(seed)
-    stats = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)])
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
-    return value, float(lo), float(hi)
-
-
 _MODELS: dict[str, Any] = {}
-_REFERENCE: dict[tuple, Any] = {}
+_METRIC_CACHE: dict[tuple, Any] = {}
+FEATURE_METRICS = ("fd_probe", "fid", "fd_inception", "kid")
+SCORE_METRICS = ("alignment",)
+KNOWN_METRICS = FEATURE_METRICS + SCORE_METRICS
 
 
 def _load_model_cached(model: ModelInfo) -> Any:
@@ -816,7 +801,9 @@ def _load_model_cached(model: ModelInfo) -> Any:
 
 
 def evaluate_cell(cell: Cell) -> CellResult:
-    """Sample the cell (per-image seeds), score it with the protocol's metrics, bootstrap CIs."""
+    """The built-in evaluator: sample the cell with per-image seeds
+    (``ldmscale.sampling.generate``), score the images with the protocol's metrics, and attach
+    percentile bootstrap CIs over the generated images."""
     from ldmscale.sampling import SamplerConfig, generate
 
     t0 = time.perf_counter()
@@ -825,7 +812,9 @@ def evaluate_cell(cell: Cell) -> CellResult:
     result = generate(
         model, list(cell.prompts), list(cell.seeds), cfg, batch_size=cell.batch_size, progress=False
     )
-    metrics = compute_metrics(result.images, list(cell.prompts), cell.protocol, seed=cell.seeds[0])
+    metrics, extra = compute_metrics(
+        result.images, list(cell.prompts), cell.protocol, seed=cell.seeds[0]
+    )
     flops = getattr(result, "flops", None)
     return CellResult(
         metrics=metrics,
@@ -833,46 +822,118 @@ def evaluate_cell(cell: Cell) -> CellResult:
         flops=None if flops is None else float(flops),
         norm_cost=float(model.norm_cost),
         wall_s=time.perf_counter() - t0,
+        extra={"sampling_cost": getattr(result, "sampling_cost", None), **extra},
     )
+
+
+def prepare_metrics(protocol: dict[str, Any]) -> None:
+    """Build what the metrics need once, in the driver (the probe, reference statistics), so
+    that parallel workers find it in the disk cache instead of each building it."""
+    for name in protocol.get("metrics", []):
+        if name not in KNOWN_METRICS:
+            raise SweepError(f"unknown metric {name!r}; known metrics: {list(KNOWN_METRICS)}")
+        if name in FEATURE_METRICS:
+            _reference(name, protocol)
+        elif name == "alignment":
+            _probe(protocol)
 
 
 def compute_metrics(
     images: np.ndarray, prompts: list[str], protocol: dict[str, Any], seed: int = 0
-) -> dict[str, dict[str, float]]:
-    """Score uint8 images ``[N, H, W, 3]`` with the protocol's metrics, each with a bootstrap CI
-    over the generated images (the reference set is held fixed)."""
-    out = {}
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Score uint8 images ``[N, H, W, 3]`` with the protocol's metrics.
+
+    Returns ``({name: {"value", "lo", "hi", "n"}}, {"feature networks": fingerprints})``; the
+    CI is a percentile bootstrap over the generated images (reference held fixed), with
+    ``protocol["bootstrap"]`` resamples at ``protocol["ci_level"]``.
+
+    Metrics: ``fd_probe`` (Fréchet distance on the shapes probe's features; not FID),
+    ``fid``/``fd_inception`` (Inception), ``kid`` (Inception, mean over subsets),
+    ``alignment`` (fraction of images whose probe read-out matches the caption; shapes only).
+    """
+    from ldmscale.metrics.bootstrap import bootstrap_ci
+    from ldmscale.metrics.common import extract_features
+    from ldmscale.metrics.frechet import frechet_distance_features
+
+    n_boot = int(protocol.get("bootstrap", 0))
+    alpha = 1.0 - float(protocol.get("ci_level", 0.95))
+    out: dict[str, dict[str, float]] = {}
+    fingerprints: dict[str, str] = {}
     for name in protocol["metrics"]:
-        value, lo, hi = _metric_with_ci(name, images, prompts, protocol, seed)
+        if name in FEATURE_METRICS:
+            extractor, ref = _reference(name, protocol)
+            fingerprints[name] = extractor.fingerprint()
+            rows = extract_features(images, extractor)
+            if name == "kid":
+                from ldmscale.metrics.kid import kid
+
+                def statistic(f, ref=ref):
+                    return kid(f, ref.features, seed=seed).mean
+            else:
+
+                def statistic(f, ref=ref):
+                    return frechet_distance_features(f, ref.stats)
+        elif name == "alignment":
+            from ldmscale.metrics.alignment import text_alignment
+
+            probe = _probe(protocol)
+            fingerprints[name] = probe.fingerprint()
+            rows = text_alignment(images, probe, captions=prompts).hits.astype(np.float64)
+            statistic = np.mean
+        else:
+            raise SweepError(f"unknown metric {name!r}; known metrics: {list(KNOWN_METRICS)}")
+        if n_boot >= 2 and len(rows) >= 2:
+            ci = bootstrap_ci(rows, statistic, n_boot=n_boot, seed=seed, alpha=alpha)
+            value, lo, hi = ci.estimate, ci.low, ci.high
+        else:
+            value = lo = hi = float(statistic(rows))
         out[name] = {"value": value, "lo": lo, "hi": hi, "n": int(len(images))}
-    return out
+    return out, {"feature_networks": fingerprints}
 
 
-def _reference_images(protocol: dict[str, Any]) -> np.ndarray:
+def _dataset(protocol: dict[str, Any]) -> dict[str, Any]:
     ref = protocol.get("reference") or {}
     if not ref.get("dataset"):
         raise SweepError(
-            "this metric needs reference images: set `dataset` in the sweep config "
-            "(its validation split is the reference set)"
+            "the metrics need a reference dataset: set `dataset` in the sweep config (its "
+            "validation split is the reference set and, for shapes, trains the probe)"
         )
-    key = (ref["dataset"], ref["split"], ref["resolution"])
-    if key not in _REFERENCE:
-        from ldmscale.data import load_dataset
-
-        ds = load_dataset(ref["dataset"], split=ref["split"], resolution=ref["resolution"])
-        _REFERENCE[key] = ds.images_uint8()
-    return _REFERENCE[key]
+    return ref
 
 
-def _metric_with_ci(
-    name: str, images: np.ndarray, prompts: list[str], protocol: dict[str, Any], seed: int
-) -> tuple[float, float, float]:
-    """Per-image features/scores once, then the statistic on bootstrap resamples of them."""
-    import ldmscale.metrics as M
+def _probe(protocol: dict[str, Any]) -> Any:
+    ref = _dataset(protocol)
+    key = ("probe", ref["dataset"])
+    if key not in _METRIC_CACHE:
+        from ldmscale.metrics.probe import probe_for_dataset
 
-    resamples, level = int(protocol.get("bootstrap", 0)), float(protocol.get("ci_level", 0.95))
-    n = len(images)
-    raise SweepError(f"unknown metric {name!r} ({M}, {resamples}, {level}, {n})")
+        _METRIC_CACHE[key] = probe_for_dataset(ref["dataset"], progress=False)
+    return _METRIC_CACHE[key]
+
+
+def _reference(name: str, protocol: dict[str, Any]) -> tuple[Any, Any]:
+    """(feature extractor, cached reference set) of a feature metric."""
+    ref = _dataset(protocol)
+    key = (name, ref["dataset"], ref["split"], ref["resolution"])
+    if key not in _METRIC_CACHE:
+        from ldmscale.metrics.reference import reference_stats
+
+        if name == "fd_probe":
+            extractor = _probe(protocol)
+        else:
+            from ldmscale.metrics.fid import InceptionFeatures
+
+            extractor = InceptionFeatures()
+        refset = reference_stats(
+            ref["dataset"],
+            extractor,
+            split=ref["split"],
+            resolution=ref["resolution"],
+            keep_features=name == "kid",
+            progress=False,
+        )
+        _METRIC_CACHE[key] = (extractor, refset)
+    return _METRIC_CACHE[key]
 
 
 def iter_groups(cells: Iterable[Cell]) -> dict[tuple[str, str, int], list[Cell]]:
