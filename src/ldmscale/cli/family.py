@@ -115,7 +115,9 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def _gflops(x: float) -> str:
-    return f"{x:.1f}" if x >= 100 else f"{x:.4g}"
+    if x >= 1:
+        return f"{x:.1f}" if x >= 100 else f"{x:.2f}"
+    return f"{x:.3g}"
 
 
 def format_table(rows: list[dict], base, reference: int) -> str:
