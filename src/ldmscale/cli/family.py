@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import textwrap
 
 from ldmscale.config import ConfigError
 
@@ -14,14 +15,15 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "family",
         help="params, GFLOPs and normalized cost of the UNet family (the paper's Table 1)",
-        description=(
+        description=textwrap.fill(
             "Count the parameters and the GFLOPs of one UNet forward (batch 1, one timestep) of "
             "each family member, from the model itself on the meta device. Two FLOP "
             "conventions: 'dense' (torch FlopCounterMode: 2 FLOPs per multiply-add of "
             "matmul/conv/attention) and 'xla' (conv taps on zero padding skipped, elementwise ops "
             "counted, as XLA's cost analysis; reproduces the paper's GFLOPs). Normalized cost = "
             "GFLOPs / GFLOPs of the reference width (xla). --paper reproduces Table 1 with the "
-            "paper's values beside ours."
+            "paper's values beside ours.",
+            width=88,
         ),
         epilog=(
             "examples:\n"
@@ -40,15 +42,28 @@ def register(subparsers) -> None:
     p.add_argument(
         "--widths",
         type=str,
+        metavar="C,C,...",
         default=None,
         help="comma-separated base widths c, multiples of 8 (default: the paper's widths)",
     )
-    p.add_argument("--latent-size", type=int, default=None, help="latent side (default 64)")
-    p.add_argument("--latent-channels", type=int, default=None, help="latent channels (default 4)")
-    p.add_argument("--context-len", type=int, default=None, help="text tokens (default 77)")
-    p.add_argument("--context-dim", type=int, default=None, help="text width (default 1024)")
     p.add_argument(
-        "--reference", type=int, default=None, help="reference width for normalized cost (320)"
+        "--latent-size", type=int, default=None, metavar="N", help="latent side (default 64)"
+    )
+    p.add_argument(
+        "--latent-channels", type=int, default=None, metavar="N", help="latent channels (default 4)"
+    )
+    p.add_argument(
+        "--context-len", type=int, default=None, metavar="N", help="text tokens (default 77)"
+    )
+    p.add_argument(
+        "--context-dim", type=int, default=None, metavar="N", help="text width (default 1024)"
+    )
+    p.add_argument(
+        "--reference",
+        type=int,
+        default=None,
+        metavar="C",
+        help="reference width for normalized cost (320)",
     )
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print a JSON list, one object per width")
