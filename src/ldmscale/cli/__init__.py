@@ -22,6 +22,7 @@ COMMANDS = (
     "train",
     "sample",
     "sweep",
+    "metrics",
     "frontier",
     "report",
     "study",
@@ -70,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ldmscale {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"ldmscale {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(
+            f"ldmscale {args.command}: interrupted; rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -1,0 +1,502 @@
+"""The whole study as one resumable pipeline (``ldmscale study``).
+
+data -> autoencoder -> caches -> train every width -> sample grids at equal sampling cost
+-> sweep (models x samplers x steps x guidance) -> metrics -> frontier -> report.
+
+Every stage writes into ``<out_dir>`` and is skipped when its output is already complete, and
+the long stages (training, the sweep) resume from where a killed run stopped, so running the
+same command again finishes an interrupted study. Presets:
+
+- ``tiny``: the README's main job; 3 widths on 32 px ``shapes``, about 15 minutes on 2 CPU cores;
+  its primary metric is FD-probe (Frechet distance on the shapes probe network's features),
+  chosen for speed, and the report says so.
+- ``small``: 4 widths spanning more than 4x in cost, the paper's guidance grid, steps 4-50,
+  Inception FID; a few hours on a CPU.
+- ``paper``: the paper's protocol (widths 64 ... 768, 64 x 64 latents, COCO-2014 validation
+  captions from a local COCO folder, 50-step DDIM at guidance 7.5 as the baseline) configured
+  for a GPU cluster: run it with ``accelerate launch`` and ``--executor ray``; ``--dry-run``
+  prints its plan and cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ldmscale.autoencoder import AutoencoderConfig
+from ldmscale.config import Config, ConfigError
+from ldmscale.io import atomic_write_json
+from ldmscale.sampling import SamplerConfig
+from ldmscale.sweep import SweepConfig
+from ldmscale.text import TextEncoderSpec
+from ldmscale.train import TrainConfig
+
+
+@dataclass
+class StudyConfig(Config):
+    """Everything one study needs; ``preset(name)`` gives the named starting points.
+
+    out_dir: the study folder (every stage writes below it).
+    data: a dataset folder (imagefolder or COCO root); ``None`` generates ``shapes``.
+    n_train, n_val, resolution, seed: the generated ``shapes`` dataset.
+    widths: base widths ``c`` to train.
+    train: the training template (``run_dir`` and ``c`` are set per width).
+    preview: sampler for the sample grids; ``preview.steps`` is the step count of the
+      *largest* width, the others get the step count that gives the same sampling cost.
+    preview_prompts: validation captions in each grid.
+    sweep: the sweep template (``models``, ``dataset`` and ``store`` are filled in).
+    """
+
+    out_dir: str = "outputs/study"
+    preset: str = "custom"
+    data: str | None = None
+    n_train: int = 2000
+    n_val: int = 256
+    resolution: int = 32
+    seed: int = 0
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    text_encoder: TextEncoderSpec = field(default_factory=TextEncoderSpec)
+    widths: tuple[int, ...] = (16, 32, 64)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preview: SamplerConfig = field(default_factory=lambda: SamplerConfig("dpmpp", 20, 4.0))
+    preview_prompts: int = 8
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    primary_metric: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.widths:
+            raise ConfigError("StudyConfig.widths must name at least one base width")
+        if len(set(self.widths)) != len(self.widths):
+            raise ConfigError(f"StudyConfig.widths has duplicates: {list(self.widths)}")
+        if self.resolution != self.autoencoder.resolution:
+            raise ConfigError(
+                f"StudyConfig.resolution={self.resolution} differs from "
+                f"autoencoder.resolution={self.autoencoder.resolution}: set both to the same value"
+            )
+
+    # Where each stage writes ------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return Path(self.out_dir)
+
+    def data_dir(self) -> Path:
+        return Path(self.data) if self.data else self.root / "data" / "shapes"
+
+    def vae_dir(self) -> Path:
+        return self.root / "autoencoder"
+
+    def run_dir(self, c: int) -> Path:
+        return self.root / "runs" / f"c{c}"
+
+    def train_config(self, c: int) -> TrainConfig:
+        return dataclasses.replace(
+            self.train,
+            run_dir=str(self.run_dir(c)),
+            c=c,
+            data=str(self.data_dir()),
+            resolution=self.resolution,
+            vae=str(self.vae_dir()),
+            text_encoder=self.text_encoder.to_dict(),
+            cache_dir=str(self.root / "cache"),
+        )
+
+    def sweep_config(self) -> SweepConfig:
+        return dataclasses.replace(
+            self.sweep,
+            models=tuple(str(self.run_dir(c) / "model") for c in self.widths),
+            dataset=str(self.data_dir()),
+            resolution=self.resolution,
+            store=str(self.root / "results.sqlite"),
+        )
+
+
+def preset(name: str, out_dir: str | None = None) -> StudyConfig:
+    """The named preset (``tiny``, ``small`` or ``paper``) as a ``StudyConfig``."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    cfg = PRESETS[name]()
+    return cfg.replace(out_dir=out_dir) if out_dir else cfg
+
+
+def _tiny() -> StudyConfig:
+    return StudyConfig(
+        out_dir="outputs/study-tiny",
+        preset="tiny",
+        n_train=2000,
+        n_val=256,
+        resolution=32,
+        autoencoder=AutoencoderConfig(resolution=32, steps=600, val_images=256, scale_images=512),
+        text_encoder=TextEncoderSpec(kind="minilm", max_length=24),
+        widths=(16, 32, 64),
+        train=TrainConfig(
+            steps=600,
+            batch_size=32,
+            lr=1e-3,
+            warmup_steps=50,
+            ema_decay=0.99,
+            checkpoint_every=200,
+            log_every=20,
+            layers_per_block=1,
+        ),
+        preview=SamplerConfig(name="dpmpp", steps=20, guidance=4.0),
+        sweep=SweepConfig(
+            samplers=("ddim", "ddpm", "dpmpp"),
+            steps=(4, 8, 16, 32),
+            guidance=(1.5, 2.0, 4.0, 8.0),
+            n_images=64,
+            metrics=("fd_probe", "alignment"),
+            batch_size=64,
+            dpmpp_max_steps=20,
+        ),
+        primary_metric="fd_probe",
+    )
+
+
+def _small() -> StudyConfig:
+    return StudyConfig(
+        out_dir="outputs/study-small",
+        preset="small",
+        n_train=20000,
+        n_val=2048,
+        resolution=32,
+        autoencoder=AutoencoderConfig(resolution=32, steps=3000),
+        text_encoder=TextEncoderSpec(kind="minilm", max_length=24),
+        widths=(16, 32, 48, 64),
+        train=TrainConfig(
+            steps=6000,
+            batch_size=64,
+            lr=5e-4,
+            warmup_steps=200,
+            ema_decay=0.999,
+            checkpoint_every=1000,
+            log_every=50,
+        ),
+        preview=SamplerConfig(name="ddim", steps=50, guidance=4.0),
+        sweep=SweepConfig(
+            samplers=("ddim", "ddpm", "dpmpp"),
+            steps=(4, 8, 16, 20, 32, 50),
+            guidance=(1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0),
+            n_images=512,
+            metrics=("fid", "fd_probe", "alignment"),
+            batch_size=64,
+        ),
+        primary_metric="fid",
+    )
+
+
+def _paper() -> StudyConfig:
+    return StudyConfig(
+        out_dir="outputs/study-paper",
+        preset="paper",
+        data="data/coco2014",
+        n_val=30000,
+        resolution=512,
+        autoencoder=AutoencoderConfig(
+            resolution=512, block_out_channels=(128, 256, 512, 512), layers_per_block=2
+        ),
+        text_encoder=TextEncoderSpec(kind="clip", path="models/text_encoder", max_length=77),
+        widths=(64, 96, 128, 160, 192, 224, 256, 288, 320, 512, 768),
+        train=TrainConfig(
+            steps=500_000,
+            batch_size=2048,
+            lr=1e-4,
+            warmup_steps=10_000,
+            ema_decay=0.9999,
+            checkpoint_every=5000,
+            log_every=100,
+            mixed_precision="bf16",
+        ),
+        preview=SamplerConfig(name="ddim", steps=50, guidance=7.5),
+        sweep=SweepConfig(
+            samplers=("ddim", "ddpm", "dpmpp"),
+            steps=(4, 8, 16, 20, 25, 50, 100, 250),
+            guidance=(1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 7.5, 8.0),
+            n_images=30000,
+            split="validation",
+            metrics=("fid", "clip_score"),
+            batch_size=64,
+            executor="ray",
+        ),
+        primary_metric="fid",
+    )
+
+
+PRESETS = {"tiny": _tiny, "small": _small, "paper": _paper}
+
+
+@dataclass
+class StudyResult:
+    """Where a study wrote everything, and how long each stage took (seconds)."""
+
+    out_dir: Path
+    data: Path
+    autoencoder: Path
+    runs: list[Path]
+    samples: list[Path]
+    store: Path | None
+    report: Path | None
+    timings: dict[str, float]
+    verdict: str | None = None
+
+
+STAGES = ("data", "autoencoder", "train", "samples", "sweep", "report")
+
+
+def run_study(
+    cfg: StudyConfig, stages: tuple[str, ...] = STAGES, progress: bool = True, log=print
+) -> StudyResult:
+    """Run (or resume) the study ``cfg``; returns where everything was written.
+
+    ``stages`` restricts the run to a prefix-closed subset (later stages need earlier outputs,
+    which are reused when present). ``log`` receives one line per stage.
+    """
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    root = cfg.root
+    root.mkdir(parents=True, exist_ok=True)
+    _claim_study_dir(cfg)
+    timings: dict[str, float] = {}
+    result = StudyResult(
+        out_dir=root,
+        data=cfg.data_dir(),
+        autoencoder=cfg.vae_dir(),
+        runs=[cfg.run_dir(c) for c in cfg.widths],
+        samples=[],
+        store=None,
+        report=None,
+        timings=timings,
+    )
+
+    def stage(name: str):
+        log(f"[study] {name} ...")
+        return _Timer(timings, name)
+
+    if "data" in stages:
+        with stage("data"):
+            _stage_data(cfg, progress)
+    if "autoencoder" in stages:
+        with stage("autoencoder"):
+            _stage_autoencoder(cfg, progress, log)
+    if "train" in stages:
+        with stage("train"):
+            _stage_train(cfg, progress, log)
+    if "samples" in stages:
+        with stage("samples"):
+            result.samples = _stage_samples(cfg, progress)
+    if "sweep" in stages:
+        with stage("sweep"):
+            result.store = _stage_sweep(cfg, progress, log)
+    if "report" in stages:
+        with stage("report"):
+            result.report, result.verdict = _stage_report(cfg, result.samples)
+    atomic_write_json(
+        root / "study.json",
+        {"config": cfg.to_dict(), "timings_s": timings, "report": str(result.report or "")},
+    )
+    return result
+
+
+class _Timer:
+    def __init__(self, timings: dict[str, float], name: str) -> None:
+        self.timings, self.name = timings, name
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.timings[self.name] = round(time.perf_counter() - self.t0, 2)
+
+
+def _claim_study_dir(cfg: StudyConfig) -> None:
+    """Refuse to mix two different studies in one folder (the config is stored on first use)."""
+    path = cfg.root / "study_config.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != cfg.to_dict():
+            raise ConfigError(
+                f"{cfg.root} holds a study with a different config ({path}); use another "
+                "--out folder, or delete that folder to start again"
+            )
+    else:
+        cfg.save(path)
+
+
+def _stage_data(cfg: StudyConfig, progress: bool) -> None:
+    from ldmscale.data import load_dataset
+    from ldmscale.data.shapes import generate_shapes
+
+    if cfg.data:
+        load_dataset(cfg.data, split="train", resolution=cfg.resolution)  # validate early
+        return
+    generate_shapes(
+        cfg.data_dir(), cfg.n_train, cfg.n_val, resolution=cfg.resolution, seed=cfg.seed
+    )
+
+
+def _stage_autoencoder(cfg: StudyConfig, progress: bool, log) -> None:
+    from ldmscale.autoencoder import read_training_record, train_autoencoder
+    from ldmscale.data import load_dataset
+
+    record = read_training_record(cfg.vae_dir())
+    if record is not None:
+        log(f"[study]   reusing {cfg.vae_dir()} (val PSNR {record.get('val_psnr_db', '?')} dB)")
+        return
+    train_ds = load_dataset(cfg.data_dir(), split="train", resolution=cfg.resolution)
+    val_ds = load_dataset(cfg.data_dir(), split="validation", resolution=cfg.resolution)
+    train_autoencoder(train_ds, val_ds, cfg.autoencoder, cfg.vae_dir(), progress=progress)
+    record = read_training_record(cfg.vae_dir()) or {}
+    log(f"[study]   autoencoder val PSNR {record.get('val_psnr_db', float('nan')):.2f} dB")
+
+
+def _stage_train(cfg: StudyConfig, progress: bool, log) -> None:
+    from ldmscale.train import train
+
+    for c in cfg.widths:
+        if (cfg.run_dir(c) / "model" / "ldmscale_model.json").is_file():
+            log(f"[study]   c={c}: trained model found, skipping")
+            continue
+        log(f"[study]   training c={c} for {cfg.train.steps} steps")
+        train(cfg.train_config(c), progress=progress)
+
+
+def _stage_samples(cfg: StudyConfig, progress: bool) -> list[Path]:
+    """A captioned grid per width at (about) equal sampling cost: the largest width gets
+    ``preview.steps`` steps; each other width the step count with the nearest cost."""
+    from ldmscale.data import load_dataset
+    from ldmscale.model import load_model
+    from ldmscale.sampling import generate, read_samples, save_samples
+
+    val = load_dataset(cfg.data_dir(), split="validation", resolution=cfg.resolution)
+    prompts = list(val.captions[: cfg.preview_prompts])
+    seeds = [cfg.seed + i for i in range(len(prompts))]
+    models = {c: load_model(cfg.run_dir(c) / "model") for c in cfg.widths}
+    top = max(cfg.widths)
+    budget = models[top].norm_cost * cfg.preview.steps
+    out_dirs = []
+    for c, model in models.items():
+        steps = max(1, round(budget / model.norm_cost))
+        sampler = cfg.preview.replace(steps=steps)
+        out = cfg.root / "samples" / f"c{c}"
+        out_dirs.append(out)
+        try:
+            done = read_samples(out)
+            if done.get("sampler") == sampler.to_dict() and done.get("seeds") == seeds:
+                continue
+        except (FileNotFoundError, ValueError):
+            pass
+        result = generate(model, prompts, seeds, sampler, progress=progress)
+        save_samples(result, prompts, out)
+    return out_dirs
+
+
+def _stage_sweep(cfg: StudyConfig, progress: bool, log) -> Path:
+    from ldmscale.sweep import plan_sweep, run_sweep
+
+    sweep_cfg = cfg.sweep_config()
+    plan = plan_sweep(sweep_cfg)
+    log(f"[study]   sweep: {len(plan.cells)} cells -> {sweep_cfg.store}")
+    summary = run_sweep(sweep_cfg, progress=progress, plan=plan)
+    log(f"[study]   computed {len(summary.computed_ids)} cells (the rest were already stored)")
+    return Path(sweep_cfg.store)
+
+
+def _stage_report(cfg: StudyConfig, samples: list[Path]) -> tuple[Path, str]:
+    from ldmscale.frontier import budget_verdicts, default_metric, optimal_guidance
+    from ldmscale.report import build_report, load_sample_grids
+    from ldmscale.store import ResultsStore
+
+    with ResultsStore(cfg.root / "results.sqlite") as store:
+        rows = store.rows()
+    grids = []
+    for folder in samples or [cfg.root / "samples"]:
+        if folder.exists():
+            grids += load_sample_grids(folder)
+    note = None
+    if cfg.primary_metric == "fd_probe":
+        note = (
+            "Primary metric: FD-probe, the Frechet distance on the features of a small probe "
+            "network trained on real shapes images (not Inception FID), chosen for speed on a CPU."
+        )
+    path = build_report(
+        rows,
+        runs=[cfg.run_dir(c) for c in cfg.widths],
+        sample_grids=grids,
+        out_dir=cfg.root / "report",
+        family_table=_paper_table(cfg.root),
+        title=f"ldmscale study ({cfg.preset})",
+        primary_metric=cfg.primary_metric,
+        metric_note=note,
+    )
+    metric = cfg.primary_metric or default_metric(rows)
+    spans = budget_verdicts(optimal_guidance(rows, metric))
+    return path, "\n".join(span.text() for span in spans)
+
+
+def _paper_table(root: Path) -> list[dict]:
+    """The paper-scale Table 1 (counted once, ~30 s, then reused from ``family_table.json``)."""
+    from ldmscale.family import family_table
+
+    path = root / "family_table.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    table = family_table()
+    atomic_write_json(path, table)
+    return table
+
+
+def dry_run(cfg: StudyConfig) -> str:
+    """The study's plan and cost without running anything: family costs of the widths, the
+    training compute, and the sweep's cells and UNet evaluations."""
+    from ldmscale.family import UNetSpec, count_gflops, count_params, normalized_cost
+
+    latent = cfg.resolution // cfg.autoencoder.downsampling_factor
+    ctx_dim = 1024 if cfg.text_encoder.kind == "clip" else 384
+    lines = [f"Study {cfg.preset!r} -> {cfg.out_dir}"]
+    lines.append(
+        f"data: {cfg.data or 'shapes'} at {cfg.resolution} px; latent "
+        f"{cfg.autoencoder.latent_channels}x{latent}x{latent}; text {cfg.text_encoder.kind} "
+        f"({cfg.text_encoder.max_length} tokens)"
+    )
+    lines.append(
+        f"{'c':>6} {'params':>14} {'GFLOPs/fwd':>11} {'norm cost':>10} {'train compute':>14}"
+    )
+    costs = {}
+    for c in cfg.widths:
+        spec = UNetSpec(
+            c=c,
+            context_dim=ctx_dim,
+            context_len=cfg.text_encoder.max_length,
+            latent_channels=cfg.autoencoder.latent_channels,
+            latent_size=latent,
+            layers_per_block=cfg.train.layers_per_block,
+        )
+        costs[c] = normalized_cost(spec)
+        lines.append(
+            f"{c:>6} {count_params(spec):>14,} {count_gflops(spec):>11.3f} {costs[c]:>10.4f} "
+            f"{costs[c] * cfg.train.steps:>14.1f}"
+        )
+    sw = cfg.sweep
+    n_cells = evals = 0
+    for sampler in sw.samplers:
+        for steps in sw.steps:
+            if sampler == "dpmpp" and steps > sw.dpmpp_max_steps:
+                continue
+            for w in sw.guidance:
+                n_cells += len(cfg.widths)
+                evals += len(cfg.widths) * sw.n_images * steps * (2 if w != 1.0 else 1)
+    lines.append(
+        f"training: {len(cfg.widths)} widths x {cfg.train.steps} steps at batch "
+        f"{cfg.train.batch_size} ({cfg.train.batch_size * cfg.train.steps:,} images each)"
+    )
+    lines.append(
+        f"sweep: {n_cells} cells ({', '.join(sw.samplers)}; steps {list(sw.steps)}; guidance "
+        f"{list(sw.guidance)}; DPM-Solver++ up to {sw.dpmpp_max_steps} steps), {sw.n_images} "
+        f"images per cell, {evals:,} per-image UNet evaluations (CFG counted twice), "
+        f"metrics {list(sw.metrics)}, executor {sw.executor}"
+    )
+    return "\n".join(lines)
