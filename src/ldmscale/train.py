@@ -294,9 +294,9 @@ def load_conditioning(latents: str | Path, embeddings: str | Path) -> Conditioni
             f"embedding cache {embeddings}: null_embedding must be [1,T,D] matching embeddings"
         )
     text_encoder = None
-    if "text_encoder" in emb_meta:
+    if "encoder_spec" in emb_meta:  # written by ldmscale.cache.build_embedding_cache
         try:
-            text_encoder = json.loads(emb_meta["text_encoder"])
+            text_encoder = json.loads(emb_meta["encoder_spec"])
         except json.JSONDecodeError:
             text_encoder = None
     return Conditioning(
@@ -312,7 +312,7 @@ def load_conditioning(latents: str | Path, embeddings: str | Path) -> Conditioni
     )
 
 
-def resolve_cache_paths(cfg: TrainConfig) -> tuple[Path, Path]:
+def resolve_cache_paths(cfg: TrainConfig, progress: bool = True) -> tuple[Path, Path]:
     """The two cache files: given in the config, or built from ``data`` + ``vae`` + ``text_encoder``."""
     if cfg.latents and cfg.embeddings:
         return Path(cfg.latents), Path(cfg.embeddings)
@@ -327,23 +327,28 @@ def resolve_cache_paths(cfg: TrainConfig) -> tuple[Path, Path]:
             "'data' (a dataset folder) + 'vae' + 'text_encoder'"
         )
     if not cfg.vae:
-        raise ConfigError("TrainConfig: 'data' needs 'vae' (an AutoencoderKL folder) to encode images")
+        raise ConfigError(
+            "TrainConfig: 'data' needs 'vae' (an AutoencoderKL folder) to encode images"
+        )
     try:
         from ldmscale.cache import prepare_conditioning
+        from ldmscale.data import load_dataset
+        from ldmscale.text import TextEncoderSpec
     except ImportError as e:
         raise ConfigError(
-            "building caches from 'data' needs ldmscale.cache.prepare_conditioning, which this "
-            "installation lacks; build the caches first and set 'latents' + 'embeddings'"
+            f"building caches from 'data' needs ldmscale.cache / ldmscale.data / ldmscale.text "
+            f"({e}); build the caches first and set 'latents' + 'embeddings'"
         ) from e
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.run_dir) / "cache"
-    out = prepare_conditioning(
-        data=cfg.data,
-        vae=cfg.vae,
-        text_encoder=cfg.text_encoder,
-        cache_dir=cache_dir,
-        resolution=cfg.resolution,
+    dataset = load_dataset(cfg.data, split="train", resolution=cfg.resolution)
+    prepared = prepare_conditioning(
+        dataset,
+        cfg.vae,
+        TextEncoderSpec.from_dict(cfg.text_encoder or {}),
+        cache_dir,
+        progress=progress,
     )
-    return Path(out[0]), Path(out[1])
+    return Path(prepared.latents_path), Path(prepared.embeddings_path)
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -368,7 +373,9 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text())
         files = meta["files"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {path}: {meta_path} is missing or unreadable ({e}). {fix}") from e
+        raise CheckpointError(
+            f"checkpoint {path}: {meta_path} is missing or unreadable ({e}). {fix}"
+        ) from e
     for rel, info in files.items():
         f = path / rel
         if not f.is_file():
@@ -437,9 +444,12 @@ def claim_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool) -> None:
             raise RunMismatchError(
                 f"{cfg_file} is unreadable ({e}); use another run_dir or rerun with --overwrite"
             ) from e
-        if old.to_dict() != cfg.to_dict():
-            a, b = old.to_dict(), cfg.to_dict()
-            diff = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+        a, b = old.to_dict(), cfg.to_dict()
+        a.pop("run_dir"), b.pop("run_dir")  # a run folder may be moved or copied, and resumed
+        if a != b:
+            diff = {
+                k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+            }
             raise RunMismatchError(
                 f"run folder {run_dir} holds a run with a different config "
                 f"(differences, existing -> requested: {diff}). Use another run_dir, or rerun with "
@@ -564,6 +574,7 @@ def train(
     ``overwrite``. ``on_step(step)`` is called after every optimisation step (step counted
     from 1). Returns the run folder.
     """
+    from accelerate.utils import broadcast_object_list
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
@@ -595,17 +606,14 @@ def train(
     resume = find_resume_checkpoint(run_dir) if is_main else None
     resume_name = [resume.name if resume else ""]
     if world > 1:
-        from accelerate.utils import broadcast_object_list
-
         broadcast_object_list(resume_name)
     resume = ckdir / resume_name[0] if resume_name[0] else None
 
     # Data.
-    if is_main:
-        lat_path, emb_path = resolve_cache_paths(cfg)
-    accelerator.wait_for_everyone()
-    if not is_main:
-        lat_path, emb_path = resolve_cache_paths(cfg)  # cache hits now
+    paths = [str(p) for p in resolve_cache_paths(cfg, progress=progress)] if is_main else ["", ""]
+    if world > 1:
+        broadcast_object_list(paths)  # the other processes read what the main one built
+    lat_path, emb_path = Path(paths[0]), Path(paths[1])
     cond = load_conditioning(lat_path, emb_path)
     n_rows, ch, h, w = cond.rows["latent_mean"].shape
     _, t_len, d_ctx = cond.rows["embeddings"].shape
@@ -624,6 +632,7 @@ def train(
         betas=(cfg.adam_beta1, cfg.adam_beta2),
         eps=cfg.adam_eps,
         weight_decay=cfg.weight_decay,
+        foreach=True,  # one fused loop over all tensors (not the per-tensor Python loop on CPU)
     )
     lr_sched = get_scheduler(
         "constant_with_warmup" if cfg.lr_schedule == "constant" else "cosine",

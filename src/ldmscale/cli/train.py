@@ -7,6 +7,7 @@ multi-process unchanged under ``accelerate launch`` or ``torchrun`` (see docs/tr
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 # Command-line overrides: flag -> (TrainConfig field, type).
@@ -67,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     out = train(cfg, overwrite=args.overwrite, progress=not args.no_progress)
-    print(out / "model")
+    if os.environ.get("RANK", "0") == "0":  # one line, not one per process
+        print(out / "model")
     return 0

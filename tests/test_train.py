@@ -1,0 +1,444 @@
+"""Tests for ldmscale.train / ldmscale.objectives / `ldmscale train` (tiny random caches)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from ldmscale.config import ConfigError
+from ldmscale.objectives import TextToImage, make_noise_scheduler
+from ldmscale.train import (
+    CheckpointError,
+    DataOrder,
+    RunMismatchError,
+    TrainConfig,
+    TrainingDivergedError,
+    find_resume_checkpoint,
+    step_generator,
+    train,
+    verify_checkpoint,
+)
+
+N, C, H, T, D = 32, 4, 8, 8, 16
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    """Tiny models on a shared 2-core box: one intra-op thread is ~30x faster than two
+    competing ones, and matches the OMP_NUM_THREADS=1 subprocesses (same kernels, same bits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory) -> dict[str, str]:
+    """Random latent + embedding caches (cache format of ldmscale.cache) and a tiny VAE folder."""
+    from diffusers import AutoencoderKL
+
+    root = tmp_path_factory.mktemp("train_caches")
+    g = torch.Generator().manual_seed(0)
+    save_file(
+        {
+            "latent_mean": torch.randn(N, C, H, H, generator=g),
+            "latent_std": torch.rand(N, C, H, H, generator=g) * 0.1,
+        },
+        str(root / "lat.safetensors"),
+        metadata={"scaling_factor": "0.5"},
+    )
+    save_file(
+        {
+            "embeddings": torch.randn(N, T, D, generator=g),
+            "null_embedding": torch.zeros(1, T, D),
+        },
+        str(root / "emb.safetensors"),
+        metadata={"encoder_spec": json.dumps({"kind": "minilm", "path": None, "max_length": T})},
+    )
+    torch.manual_seed(0)
+    AutoencoderKL(
+        block_out_channels=(8,),
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=C,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=16,
+    ).save_pretrained(root / "vae")
+    return {
+        "latents": str(root / "lat.safetensors"),
+        "embeddings": str(root / "emb.safetensors"),
+        "vae": str(root / "vae"),
+    }
+
+
+def make_cfg(caches: dict[str, str], run_dir: Path, **kw) -> TrainConfig:
+    base = dict(
+        run_dir=str(run_dir),
+        c=8,
+        layers_per_block=1,
+        steps=4,
+        batch_size=4,
+        lr=1e-3,
+        warmup_steps=2,
+        checkpoint_every=2,
+        log_every=2,
+        keep_last=2,
+        ema_decay=0.99,
+        **caches,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def unet_file(folder: Path) -> Path:
+    return folder / "diffusion_pytorch_model.safetensors"
+
+
+# ----------------------------------------------------------------------------- unit
+
+
+def test_data_order_is_sharded_permutations():
+    order = DataOrder(10, seed=3)
+    # Global batch 4 over 2 processes covers exactly what one process would take.
+    for step in range(6):
+        one = order.indices(step, 4, rank=0, world=1)
+        two = torch.cat([order.indices(step, 4, rank=r, world=2) for r in range(2)])
+        assert torch.equal(one, two)
+    stream = torch.cat([order.indices(s, 5, 0, 1) for s in range(4)])  # 2 epochs of 10
+    assert sorted(stream[:10].tolist()) == list(range(10))
+    assert sorted(stream[10:].tolist()) == list(range(10))
+    assert not torch.equal(stream[:10], stream[10:])  # a fresh permutation each epoch
+    assert torch.equal(DataOrder(10, seed=3).perm(1), order.perm(1))
+    assert not torch.equal(DataOrder(10, seed=4).perm(0), order.perm(0))
+
+
+def test_step_generator_depends_on_seed_step_rank():
+    draw = [
+        torch.randn(3, generator=step_generator(*a))
+        for a in [(0, 5, 0), (0, 5, 0), (0, 6, 0), (0, 5, 1), (1, 5, 0)]
+    ]
+    assert torch.equal(draw[0], draw[1])
+    assert all(not torch.equal(draw[0], d) for d in draw[2:])
+
+
+def test_objective_targets_and_caption_dropout():
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, t, encoder_hidden_states):
+            seen.update(x=x, t=t, ctx=encoder_hidden_states)
+            return type("Out", (), {"sample": torch.zeros_like(x)})()
+
+    null = torch.full((1, T, D), 7.0)
+    batch = {
+        "latent_mean": torch.randn(64, C, H, H),
+        "latent_std": torch.zeros(64, C, H, H),
+        "embeddings": torch.zeros(64, T, D),
+    }
+    for pred in ("epsilon", "v_prediction"):
+        sched = make_noise_scheduler(pred)
+        obj = TextToImage(
+            sched, null, scaling_factor=0.5, prediction_type=pred, caption_dropout=0.5
+        )
+        loss = obj.loss(Spy(), batch, torch.Generator().manual_seed(1))
+        # Reproduce the draws to recompute the target.
+        g = torch.Generator().manual_seed(1)
+        torch.randn(batch["latent_mean"].shape, generator=g)
+        noise = torch.randn(batch["latent_mean"].shape, generator=g)
+        t = torch.randint(0, 1000, (64,), generator=g)
+        z = batch["latent_mean"] * 0.5
+        assert torch.equal(seen["t"], t)
+        assert torch.allclose(seen["x"], sched.add_noise(z, noise, t))
+        target = noise if pred == "epsilon" else sched.get_velocity(z, noise, t)
+        assert torch.allclose(loss, target.square().mean())
+        dropped = (seen["ctx"] == 7.0).all(dim=(1, 2))
+        assert 10 < int(dropped.sum()) < 54  # about half the captions replaced by null
+        assert ((seen["ctx"] == 0).all(dim=(1, 2)) | dropped).all()
+    assert sched.config.beta_schedule == "scaled_linear"
+    assert sched.config.num_train_timesteps == 1000
+    assert math.isclose(sched.config.beta_start, 0.00085) and math.isclose(
+        sched.config.beta_end, 0.012
+    )
+
+
+def test_config_roundtrip_and_validation(tmp_path, caches):
+    cfg = make_cfg(caches, tmp_path / "run", lr_schedule="cosine", prediction_type="v_prediction")
+    for suffix in (".toml", ".json"):
+        assert TrainConfig.load(cfg.save(tmp_path / f"c{suffix}")) == cfg
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        cfg.replace(lr_schedule="linearish")
+    with pytest.raises(ConfigError, match="caption_dropout"):
+        cfg.replace(caption_dropout=1.0)
+    with pytest.raises(ConfigError, match="unknown key"):
+        TrainConfig.from_dict({"stepz": 3})
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, caches) -> tuple[TrainConfig, Path]:
+    """One uninterrupted 6-step run (checkpoints at 2, 4, 6; the last two kept). Do not modify."""
+    cfg = make_cfg(caches, tmp_path_factory.mktemp("train_ref") / "run", steps=6)
+    return cfg, train(cfg, progress=False)
+
+
+def copy_run(finished_run, dest: Path) -> tuple[TrainConfig, Path]:
+    cfg, run = finished_run
+    shutil.copytree(run, dest)
+    return cfg.replace(run_dir=str(dest)), dest
+
+
+def test_train_writes_run_folder_and_exports_model(finished_run):
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    cfg, run = finished_run
+    ck = run / "checkpoints"
+    last = ck / "step-0000006"
+    assert (ck / "LATEST").read_text().strip() == last.name
+    assert sorted(p.name for p in ck.glob("step-*")) == [
+        "step-0000004",
+        "step-0000006",
+    ]  # keep_last=2
+    state = torch.load(last / "training_state.pt", weights_only=True)
+    assert state["step"] == 6 and state["images_seen"] == 24
+    assert {"optimizer", "lr_scheduler", "ema", "rng"} <= set(state)
+    assert state["ema"]["num_updates"] == 6 and state["lr_scheduler"]["last_epoch"] == 6
+    meta = json.loads((last / "meta.json").read_text())
+    assert (
+        meta["num_processes"] == 1 and "unet/diffusion_pytorch_model.safetensors" in meta["files"]
+    )
+
+    unet = UNet2DConditionModel.from_pretrained(last / "unet")
+    assert unet.config.cross_attention_dim == D and unet.config.sample_size == H
+
+    model = run / "model"
+    info = json.loads((model / "ldmscale_model.json").read_text())
+    assert info["format"] == "ldmscale-model/1"
+    assert info["unet_spec"]["context_dim"] == D and info["unet_spec"]["context_len"] == T
+    assert info["unet_spec"]["c"] == 8 and info["unet_spec"]["latent_size"] == H
+    assert info["scaling_factor"] == 0.5 and info["prediction_type"] == "epsilon"
+    assert info["train_steps"] == 6 and info["text_encoder"]["kind"] == "minilm"
+    assert info["code_version"].startswith("0.")
+    assert 0 < info["norm_cost"] < 0.01 and info["gflops_dense"] > 0 and info["gflops_xla"] > 0
+    assert TrainConfig.from_dict(info["train_config"]) == cfg
+    # The exported UNet is the EMA, identical to the last checkpoint's unet_ema.
+    assert unet_file(model / "unet").read_bytes() == unet_file(last / "unet_ema").read_bytes()
+    ema = load_file(str(unet_file(model / "unet")))
+    raw = load_file(str(unet_file(last / "unet")))
+    assert any(not torch.equal(ema[k], raw[k]) for k in raw)
+    sched = DDPMScheduler.from_pretrained(model / "scheduler")
+    assert (
+        sched.config.beta_schedule == "scaled_linear" and sched.config.prediction_type == "epsilon"
+    )
+    assert AutoencoderKL.from_pretrained(model / "vae").config.latent_channels == C
+
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4, 6]
+    for r in lines:
+        assert set(r) == {"step", "loss", "lr", "images_seen", "train_compute", "wall_time"}
+        assert math.isfinite(r["loss"]) and r["images_seen"] == r["step"] * 4
+        assert math.isclose(r["train_compute"], info["norm_cost"] * r["step"])
+    assert lines[0]["lr"] == pytest.approx(0.5e-3)  # linear warm-up over 2 steps
+    assert lines[1]["lr"] == pytest.approx(1e-3)
+
+
+def test_rerun_same_config_is_noop_other_config_refused(finished_run, tmp_path):
+    cfg, run = copy_run(finished_run, tmp_path / "run")
+    train(cfg, progress=False)  # complete already: nothing trained, nothing duplicated
+    assert (run / "log.jsonl").read_bytes() == (finished_run[1] / "log.jsonl").read_bytes()
+    with pytest.raises(RunMismatchError, match=r"lr.*--overwrite"):
+        train(cfg.replace(lr=2e-3), progress=False)
+    train(cfg.replace(lr=2e-3, steps=2), overwrite=True, progress=False)
+    assert (run / "checkpoints" / "LATEST").read_text().strip() == "step-0000002"
+    assert len((run / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_resume_falls_back_from_corrupt_checkpoint_bitwise(finished_run, tmp_path):
+    cfg, run = copy_run(finished_run, tmp_path / "run")
+    ref = finished_run[1]
+    ck = run / "checkpoints"
+    # Truncate the newest checkpoint's weights and drop the export: the rerun resumes from
+    # step 4, says so, and ends bitwise where the uninterrupted run ended.
+    f = unet_file(ck / "step-0000006" / "unet")
+    f.write_bytes(f.read_bytes()[:100])
+    shutil.rmtree(run / "model")
+    with pytest.warns(UserWarning, match=r"step-0000006.*truncated"):
+        assert find_resume_checkpoint(run) == ck / "step-0000004"
+    with pytest.warns(UserWarning, match="Falling back"):
+        train(cfg, progress=False)
+    verify_checkpoint(ck / "step-0000006")
+    for sub in ("model/unet", "checkpoints/step-0000006/unet", "checkpoints/step-0000006/unet_ema"):
+        assert unet_file(run / sub).read_bytes() == unet_file(ref / sub).read_bytes(), sub
+    assert (run / "log.jsonl").read_text().count("\n") == 3  # deduplicated
+    # All checkpoints corrupt: a clear error naming the file and the fix.
+    for p in ck.glob("step-*"):
+        (p / "training_state.pt").write_bytes(b"junk")
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(CheckpointError, match=r"training_state\.pt.*overwrite"),
+    ):
+        find_resume_checkpoint(run)
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, caches, monkeypatch):
+    real = TextToImage.loss
+    calls = {"n": 0}
+
+    def flaky(self, model, batch, generator):
+        calls["n"] += 1
+        out = real(self, model, batch, generator)
+        return out * float("nan") if calls["n"] == 3 else out
+
+    monkeypatch.setattr(TextToImage, "loss", flaky)
+    cfg = make_cfg(caches, tmp_path / "run", steps=6)
+    with pytest.raises(TrainingDivergedError, match="step 3"):
+        train(cfg, progress=False)
+    ck = Path(cfg.run_dir) / "checkpoints"
+    assert (ck / "LATEST").read_text().strip() == "step-0000002"
+    verify_checkpoint(ck / "step-0000002")
+    assert not (Path(cfg.run_dir) / "model").exists()
+
+
+def test_v_prediction_bf16_cosine(tmp_path, caches):
+    cfg = make_cfg(
+        caches,
+        tmp_path / "run",
+        steps=2,
+        prediction_type="v_prediction",
+        mixed_precision="bf16",
+        lr_schedule="cosine",
+        caption_dropout=0.0,
+    )
+    run = train(cfg, progress=False)
+    info = json.loads((run / "model" / "ldmscale_model.json").read_text())
+    assert info["prediction_type"] == "v_prediction"
+    sched = json.loads((run / "model" / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["prediction_type"] == "v_prediction"
+    assert all(
+        math.isfinite(json.loads(x)["loss"]) for x in (run / "log.jsonl").read_text().splitlines()
+    )
+
+
+def test_cli_train_with_overrides(tmp_path, caches):
+    from ldmscale.cli import main
+
+    cfg = make_cfg(caches, tmp_path / "ignored", steps=50)
+    cfg.save(tmp_path / "train.toml")
+    run = tmp_path / "cli_run"
+    argv = [
+        "train",
+        "--config",
+        str(tmp_path / "train.toml"),
+        "--steps",
+        "2",
+        "--run-dir",
+        str(run),
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    saved = TrainConfig.load(run / "train_config.json")
+    assert saved.steps == 2 and saved.run_dir == str(run)
+    assert (run / "model" / "ldmscale_model.json").is_file()
+    # A mismatching rerun is a one-line user error (exit 2), not a traceback.
+    assert main([*argv[:-1], "--lr", "0.5", "--no-progress"]) == 2
+    assert main(["train", "--run-dir", str(tmp_path / "x"), "--no-progress"]) == 2  # no data
+
+
+# ----------------------------------------------------------------------------- slow
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path, caches):
+    """kill -9 mid-run, rerun the same command: weights and log equal an uninterrupted run."""
+    steps = 16
+    kw = dict(steps=steps, checkpoint_every=3, log_every=2)
+    ref_cfg = make_cfg(caches, tmp_path / "ref", **kw)
+    cfg = make_cfg(caches, tmp_path / "run", **kw)
+    cfg.save(tmp_path / "train.json")
+    cmd = [
+        sys.executable,
+        "-m",
+        "ldmscale",
+        "train",
+        "--config",
+        str(tmp_path / "train.json"),
+        "--no-progress",
+    ]
+
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = Path(cfg.run_dir) / "checkpoints" / "LATEST"
+    while not latest.exists() and proc.poll() is None and time.time() - t0 < 240:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    killed_at = int(latest.read_text().strip()[5:])
+    assert 3 <= killed_at < steps and not (Path(cfg.run_dir) / "model").exists()
+
+    restart = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert restart.returncode == 0, restart.stderr[-2000:]
+    assert "resuming" in restart.stderr
+    train(ref_cfg, progress=False)  # uninterrupted reference, single-threaded like the subprocesses
+
+    run, ref = Path(cfg.run_dir), Path(ref_cfg.run_dir)
+    last = f"checkpoints/step-{steps:07d}"
+    for sub in ("model/unet", f"{last}/unet", f"{last}/unet_ema"):
+        assert unet_file(run / sub).read_bytes() == unet_file(ref / sub).read_bytes(), sub
+    a = torch.load(run / last / "training_state.pt", weights_only=True)
+    b = torch.load(ref / last / "training_state.pt", weights_only=True)
+    for k, v in b["optimizer"]["state"].items():
+        assert torch.equal(a["optimizer"]["state"][k]["exp_avg_sq"], v["exp_avg_sq"])
+
+    def log(p):
+        return [
+            {k: v for k, v in json.loads(x).items() if k != "wall_time"}
+            for x in (p / "log.jsonl").read_text().splitlines()
+        ]
+
+    assert log(run) == log(ref) and [r["step"] for r in log(run)] == list(range(2, steps + 1, 2))
+    print(f"killed after step-{killed_at}; kill+resume+reference took {time.time() - t0:.1f} s")
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_accelerate_launch(tmp_path, caches):
+    """`accelerate launch --multi_gpu --num_processes 2` on a CPU-only machine: gloo DDP."""
+    cfg = make_cfg(caches, tmp_path / "run", steps=4, batch_size=8)
+    cfg.save(tmp_path / "train.toml")
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(29500 + os.getpid() % 1000),
+        "-m", "ldmscale", "train", "--config", str(tmp_path / "train.toml"), "--no-progress",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = Path(cfg.run_dir)
+    meta = json.loads((run / "checkpoints" / "step-0000004" / "meta.json").read_text())
+    # The trainer gathers every process's weight fingerprint at each checkpoint and refuses
+    # to write one when they differ; meta records that they agreed.
+    assert meta["num_processes"] == 2 and meta["replicas_in_sync"] is True
+    assert (run / "model" / "ldmscale_model.json").is_file()
+    assert out.stdout.count("model") == 1  # one process prints the result
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["images_seen"] for r in lines] == [16, 32]  # global batch 8 = 2 x 4
