@@ -358,6 +358,40 @@ def test_cli_train_with_overrides(tmp_path, caches):
     assert main(["train", "--run-dir", str(tmp_path / "x"), "--no-progress"]) == 2  # no data
 
 
+def test_train_from_dataset_builds_caches(tmp_path, tiny_shapes):
+    """data + vae + text_encoder instead of cache files: ldmscale.cache builds them."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    AutoencoderKL(
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=C,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=16,
+    ).save_pretrained(tmp_path / "vae")
+    cfg = TrainConfig(
+        run_dir=str(tmp_path / "run"),
+        c=8,
+        layers_per_block=1,
+        data=str(tiny_shapes),
+        resolution=16,
+        vae=str(tmp_path / "vae"),
+        text_encoder={"kind": "minilm", "max_length": 8},
+        steps=2,
+        batch_size=4,
+        warmup_steps=1,
+    )
+    run = train(cfg, progress=False)
+    assert len(list((run / "cache").glob("*.safetensors"))) == 2
+    info = json.loads((run / "model" / "ldmscale_model.json").read_text())
+    assert info["unet_spec"]["context_dim"] == 384 and info["unet_spec"]["context_len"] == 8
+    assert info["unet_spec"]["latent_size"] == 8
+    assert info["text_encoder"]["kind"] == "minilm" and info["text_encoder"]["max_length"] == 8
+
+
 # ----------------------------------------------------------------------------- slow
 
 

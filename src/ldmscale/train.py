@@ -832,7 +832,10 @@ def export_model(
     with atomic_path(out) as tmp:
         tmp.mkdir()
         ema_unet.save_pretrained(tmp / "unet", safe_serialization=True)
-        shutil.copytree(cfg.vae, tmp / "vae", ignore=shutil.ignore_patterns(".*"))
+        vae_dir = Path(cfg.vae)
+        if not (vae_dir / "config.json").is_file() and (vae_dir / "vae" / "config.json").is_file():
+            vae_dir = vae_dir / "vae"  # an SD pipeline folder: take its autoencoder only
+        shutil.copytree(vae_dir, tmp / "vae", ignore=shutil.ignore_patterns(".*"))
         make_noise_scheduler(cfg.prediction_type).save_pretrained(tmp / "scheduler")
         atomic_write_json(
             tmp / "ldmscale_model.json",
