@@ -510,32 +510,14 @@ def code_version() -> str:
 
 
 def model_costs(spec: UNetSpec) -> dict[str, float]:
-    """``norm_cost``, ``gflops_xla``, ``gflops_dense`` of one forward at batch 1."""
-    from ldmscale import family
+    """``norm_cost`` (vs c=320, xla convention), ``gflops_xla``, ``gflops_dense``: one forward, batch 1."""
+    from ldmscale.family import count_gflops, normalized_cost
 
-    if hasattr(family, "normalized_cost") and hasattr(family, "count_gflops"):
-        return {
-            "norm_cost": float(family.normalized_cost(spec)),
-            "gflops_xla": float(family.count_gflops(spec, convention="xla")),
-            "gflops_dense": float(family.count_gflops(spec, convention="dense")),
-        }
-    # TODO: remove once ldmscale.family provides count_gflops / normalized_cost.
-    dense = _dense_gflops(spec)
-    ref = _dense_gflops(spec.replace(c=320))
-    return {"norm_cost": dense / ref, "gflops_xla": dense, "gflops_dense": dense}
-
-
-def _dense_gflops(spec: UNetSpec) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    unet = build_unet(spec, device="meta")
-    with torch.device("meta"):
-        x = torch.zeros(1, spec.latent_channels, spec.latent_size, spec.latent_size)
-        ctx = torch.zeros(1, spec.context_len, spec.context_dim)
-        t = torch.zeros(1, dtype=torch.long)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        unet(x, t, encoder_hidden_states=ctx)
-    return counter.get_total_flops() / 1e9
+    return {
+        "norm_cost": float(normalized_cost(spec)),
+        "gflops_xla": float(count_gflops(spec, convention="xla")),
+        "gflops_dense": float(count_gflops(spec, convention="dense")),
+    }
 
 
 # ----------------------------------------------------------------------------- trainer
