@@ -297,6 +297,7 @@ def _count_rows(path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_sigkill_mid_sweep_then_resume(models, tmp_path):
     """Kill -9 a running ``ldmscale sweep``; the rerun computes only the missing cells."""
     cfg = small_cfg(models, tmp_path)
@@ -598,3 +599,119 @@ def test_cell_row_takes_norm_cost_from_result_when_model_lacks_it(models, tmp_pa
     result.norm_cost = 0.5
     row = cell_row(cell, result)
     assert row["norm_cost"] == 0.5 and row["sampling_cost"] == 0.5 * cell.steps
+
+
+# --------------------------------------------------------------------------------------
+# The real evaluator: a tiny diffusers SD folder, sampled and scored on tiny shapes
+# --------------------------------------------------------------------------------------
+
+
+def make_tiny_sd(path: Path) -> Path:
+    """A tiny random Stable Diffusion pipeline folder (UNet c=8, 16 px images, CLIP-like text)."""
+    import string
+
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from ldmscale.family import UNetSpec, build_unet
+
+    torch.manual_seed(0)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in string.ascii_lowercase + " ":
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=8)
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=16,
+            intermediate_size=16,
+            num_attention_heads=2,
+            num_hidden_layers=1,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=8,
+        )
+    )
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 8),
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=16,
+    )
+    scheduler = DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tokenizer,
+        unet=build_unet(UNetSpec(c=8, context_dim=16, context_len=8, latent_size=8)),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+def test_evaluate_cell_samples_and_scores_for_real(tmp_path, tiny_shapes, monkeypatch):
+    monkeypatch.setenv("LDMSCALE_CACHE", str(tmp_path / "cache"))
+    from ldmscale.sweep import evaluate_cell
+
+    sd = make_tiny_sd(tmp_path / "tiny-sd")
+    cfg = SweepConfig(
+        models=(str(sd),),
+        samplers=("ddim",),
+        steps=(2,),
+        guidance=(1.0, 3.0),
+        n_images=4,
+        dataset=str(tiny_shapes),
+        resolution=16,
+        metrics=("fd_probe", "alignment"),
+        bootstrap=10,
+        batch_size=4,
+        store=str(tmp_path / "r.sqlite"),
+    )
+    with ResultsStore(cfg.store) as store:
+        summary = run_sweep(cfg, store, progress=False)  # the built-in evaluator
+        rows = store.rows()
+    assert summary.computed == len(rows) == 2
+    for row in rows:
+        assert row["nfe"] == 2 and row["flops"] > 0
+        assert row["norm_cost"] > 0 and row["sampling_cost"] == pytest.approx(2 * row["norm_cost"])
+        fd, align = row["metrics"]["fd_probe"], row["metrics"]["alignment"]
+        assert math.isfinite(fd["value"]) and fd["value"] >= 0 and fd["lo"] <= fd["hi"]
+        assert 0.0 <= align["lo"] <= align["hi"] <= 1.0 and fd["n"] == 4
+        assert row["provenance"]["extra"]["feature_networks"]["fd_probe"].startswith("probe:")
+    # CFG doubles the FLOPs of a cell (w = 3) relative to no guidance (w = 1)
+    by_w = {(r["sampler"], r["guidance"]): r for r in rows}
+    assert by_w[("ddim", 3.0)]["flops"] == pytest.approx(2 * by_w[("ddim", 1.0)]["flops"])
+    # per-image seeds: the same cell at another batch size gives the same scores
+    cell = next(c for c in plan_sweep(cfg).cells if c.sampler == "ddim" and c.guidance == 3.0)
+    again = evaluate_cell(Cell(**{**cell.__dict__, "batch_size": 2}))
+    stored = by_w[("ddim", 3.0)]["metrics"]
+    assert again.metrics["alignment"]["value"] == stored["alignment"]["value"]
+    assert again.metrics["fd_probe"]["value"] == pytest.approx(
+        stored["fd_probe"]["value"], rel=1e-3
+    )
+
+
+def test_fast_frechet_matches_the_metrics_module():
+    from ldmscale.metrics.frechet import frechet_distance_features
+    from ldmscale.sweep import fast_frechet
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(200, 16)) @ rng.normal(size=(16, 16))
+    gen = rng.normal(0.3, 1.2, size=(50, 16)) @ rng.normal(size=(16, 16))
+    stats_mean, stats_cov = ref.mean(0), np.cov(ref, rowvar=False)
+    fast = fast_frechet(stats_mean, stats_cov)(gen)
+    assert fast == pytest.approx(frechet_distance_features(gen, ref), rel=1e-6)
+    assert fast_frechet(stats_mean, stats_cov)(ref) == pytest.approx(0.0, abs=1e-6)

@@ -870,9 +870,7 @@ def compute_metrics(
                 def statistic(f, ref=ref):
                     return kid(f, ref.features, seed=seed).mean
             else:
-
-                def statistic(f, ref=ref):
-                    return frechet_distance_features(f, ref.stats)
+                statistic = fast_frechet(ref.stats.mean, ref.stats.cov)
         elif name == "alignment":
             from ldmscale.metrics.alignment import text_alignment
 
@@ -887,8 +885,36 @@ def compute_metrics(
             value, lo, hi = ci.estimate, ci.low, ci.high
         else:
             value = lo = hi = float(statistic(rows))
+        if name in ("fd_probe", "fid", "fd_inception"):  # the point value by the metrics module
+            value = frechet_distance_features(rows, ref.stats)
         out[name] = {"value": value, "lo": lo, "hi": hi, "n": int(len(images))}
     return out, {"feature_networks": fingerprints}
+
+
+def fast_frechet(ref_mean: np.ndarray, ref_cov: np.ndarray) -> Callable[[np.ndarray], float]:
+    """A Fréchet distance to a fixed reference, fast enough to bootstrap.
+
+    ``tr sqrt(S1 S2) = sum sqrt(eig(A S1 A))`` with ``A = S2^(1/2)`` (``S1 S2`` and ``A S1 A``
+    share eigenvalues), so after one eigendecomposition of the reference covariance each
+    resample costs a symmetric ``eigvalsh`` instead of a general matrix square root (about
+    100x faster at 256-2048 dims). Agrees with ``ldmscale.metrics.frechet`` to rounding.
+    """
+    mu2 = np.asarray(ref_mean, np.float64)
+    s2 = np.asarray(ref_cov, np.float64)
+    w, v = np.linalg.eigh((s2 + s2.T) / 2)
+    a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    tr2 = float(np.trace(s2))
+
+    def statistic(feats: np.ndarray) -> float:
+        f = np.asarray(feats, np.float64)
+        mu1 = f.mean(0)
+        s1 = np.cov(f, rowvar=False) if len(f) > 1 else np.zeros_like(s2)
+        m = a @ s1 @ a
+        eig = np.linalg.eigvalsh((m + m.T) / 2)
+        diff = mu1 - mu2
+        return float(diff @ diff + np.trace(s1) + tr2 - 2 * np.sqrt(np.clip(eig, 0, None)).sum())
+
+    return statistic
 
 
 def _dataset(protocol: dict[str, Any]) -> dict[str, Any]:
