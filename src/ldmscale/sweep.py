@@ -786,7 +786,7 @@ def format_estimate(est: Estimate, batch_size: int) -> str:
 
 _MODELS: dict[str, Any] = {}
 _METRIC_CACHE: dict[tuple, Any] = {}
-FEATURE_METRICS = ("fd_probe", "fid", "fd_inception", "kid")
+FEATURE_METRICS = ("fd_probe", "fid", "fd_inception", "fd_effnet", "kid")
 SCORE_METRICS = ("alignment",)
 KNOWN_METRICS = FEATURE_METRICS + SCORE_METRICS
 
@@ -848,7 +848,8 @@ def compute_metrics(
     ``protocol["bootstrap"]`` resamples at ``protocol["ci_level"]``.
 
     Metrics: ``fd_probe`` (Fréchet distance on the shapes probe's features; not FID),
-    ``fid``/``fd_inception`` (Inception), ``kid`` (Inception, mean over subsets),
+    ``fid``/``fd_inception`` (Inception), ``fd_effnet`` (EfficientNet-Lite0; not FID),
+    ``kid`` (Inception, mean over subsets),
     ``alignment`` (fraction of images whose probe read-out matches the caption; shapes only).
     """
     from ldmscale.metrics.bootstrap import bootstrap_ci
@@ -885,7 +886,7 @@ def compute_metrics(
             value, lo, hi = ci.estimate, ci.low, ci.high
         else:
             value = lo = hi = float(statistic(rows))
-        if name in ("fd_probe", "fid", "fd_inception"):  # the point value by the metrics module
+        if name != "kid" and name in FEATURE_METRICS:  # the point value by the metrics module
             value = frechet_distance_features(rows, ref.stats)
         out[name] = {"value": value, "lo": lo, "hi": hi, "n": int(len(images))}
     return out, {"feature_networks": fingerprints}
@@ -946,6 +947,10 @@ def _reference(name: str, protocol: dict[str, Any]) -> tuple[Any, Any]:
 
         if name == "fd_probe":
             extractor = _probe(protocol)
+        elif name == "fd_effnet":
+            from ldmscale.metrics.effnet import EffNetFeatures
+
+            extractor = EffNetFeatures()
         else:
             from ldmscale.metrics.fid import InceptionFeatures
 
