@@ -180,6 +180,18 @@ def test_checkpoint_rows_are_left_out_of_the_frontier():
     assert best(rows, 1.0, "fid").winner.value == 12.0
 
 
+def test_small_n_adaptive_cells_do_not_compete_with_full_n_cells(study_rows):
+    """An adaptive search stores cheap small-N cells beside full-N ones; a lucky small-N score
+    must not be picked as the optimum."""
+    full = optimal_guidance(study_rows, "fid")
+    lucky = dict(study_rows[0])
+    lucky["cell_id"] += "-n8"
+    lucky["n_images"] = 8
+    lucky["guidance"] = 99.0
+    lucky["metrics"] = {"fid": {"value": -1.0, "lo": -2.0, "hi": 0.0, "n": 8}}
+    assert optimal_guidance([*study_rows, lucky], "fid") == full
+
+
 def test_load_rows_json_and_jsonl(tmp_path, study_rows):
     (tmp_path / "rows.json").write_text(json.dumps(study_rows[:5]))
     (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in study_rows[:5]))

@@ -201,7 +201,9 @@ def optimal_guidance(
     """One point per (model, sampler, steps): the guidance with the best ``select_by``
     metric (default: ``metric`` itself), scored on ``metric``.
 
-    Rows of checkpoint evaluations (with a ``train_step``) are ignored. Ties in
+    Rows of checkpoint evaluations (with a ``train_step``) are ignored. Within a group only
+    the rows with the group's largest ``n_images`` compete (an adaptive search also stores
+    cheap small-N cells; FD-type metrics are biased by N, so they are not comparable). Ties in
     ``select_by`` go to the smaller guidance scale. Sorted by (model, sampler, steps).
     """
     select_by = select_by or metric
@@ -216,7 +218,9 @@ def optimal_guidance(
     for key in sorted(groups):
         best_sel: Point | None = None
         best_row: dict | None = None
-        for r in sorted(groups[key], key=lambda r: float(r["guidance"])):
+        n_max = max(int(r.get("n_images") or 0) for r in groups[key])
+        group = [r for r in groups[key] if int(r.get("n_images") or 0) == n_max]
+        for r in sorted(group, key=lambda r: float(r["guidance"])):
             p = to_point(r, select_by)
             if p is None or to_point(r, metric) is None:
                 continue
