@@ -89,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-probe", help="train the shapes probe and report its accuracy")
     p.add_argument("--data", required=True, help="shapes dataset folder (train + validation)")
     p.add_argument("--out", required=True, help="folder to write the probe to")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 6)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 600)")
     p.add_argument("--max-train", type=int, default=None, help="use at most N train images")
     p.add_argument("--resolution", type=int, default=None, help="probe input side (default: data)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
@@ -253,8 +253,8 @@ def _train_probe(args: argparse.Namespace) -> int:
     from ldmscale.metrics.probe import ProbeConfig, train_probe
 
     cfg = ProbeConfig(resolution=args.resolution, max_train=args.max_train, seed=args.seed)
-    if args.epochs is not None:
-        cfg = cfg.replace(epochs=args.epochs)
+    if args.steps is not None:
+        cfg = cfg.replace(steps=args.steps)
     probe = train_probe(args.data, args.out, cfg)
     acc = probe.info["validation"]
     print(

@@ -40,13 +40,15 @@ class ProbeConfig(Config):
     """Probe training settings.
 
     ``resolution``: input side in px, a multiple of 8; None = the dataset's own resolution
-    (from its ``dataset.json``, else 32). ``max_train``: use at most this many train images.
+    (from its ``dataset.json``, else 32). ``steps``: optimiser steps of ``batch_size`` images
+    (a fixed budget, so small datasets get more epochs). ``max_train``: use at most this many
+    train images.
     """
 
     resolution: int | None = None
     width: int = 32
     feature_dim: int = 256
-    epochs: int = 6
+    steps: int = 600
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -268,15 +270,18 @@ def _fit(
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    steps = cfg.epochs * -(-len(xt) // cfg.batch_size)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     net.train()
-    bar = tqdm(total=steps, desc="probe", unit="step", disable=not progress)
-    for _ in range(cfg.epochs):
+    bar = tqdm(total=cfg.steps, desc="probe", unit="step", disable=not progress)
+    step = 0
+    while step < cfg.steps:
         order = torch.randperm(len(xt), generator=gen)
         for i in range(0, len(xt), cfg.batch_size):
+            if step == cfg.steps:
+                break
+            step += 1
             idx = order[i : i + cfg.batch_size]
             lg = split_logits(net["head"](net["body"](xt[idx])), n_pos, classes)
             loss = sum(

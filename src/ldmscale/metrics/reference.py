@@ -134,7 +134,8 @@ def reference_stats(
     """
     from ldmscale.data import load_dataset
 
-    ds = load_dataset(source, split=split, resolution=resolution)
+    # validate=False: files are hashed (for the fingerprint) but decoded only on a cache miss.
+    ds = load_dataset(source, split=split, resolution=resolution, validate=False)
     n = len(ds) if max_images is None else min(max_images, len(ds))
     key = {
         "dataset": ds.fingerprint(),
