@@ -24,6 +24,49 @@ def tiny_shapes(tmp_path_factory: pytest.TempPathFactory):
 
 
 # ---------------------------------------------------------------------------
+# autoencoder / text encoders (owner: autoencoder/text engineer)
+# ---------------------------------------------------------------------------
+
+
+def save_tiny_clip(folder, hidden_size: int = 32, layers: int = 2, seed: int = 0):
+    """Write a tiny random CLIP text model + CLIP tokenizer (built offline) to ``folder``.
+
+    The tokenizer's vocabulary is every byte character, with and without the word-end
+    marker, plus two merges; the model has ``hidden_size``-d tokens. Returns ``folder``.
+    """
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for token in chars + [c + "</w>" for c in chars] + ["re", "red</w>"]:
+        vocab.setdefault(token, len(vocab))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[("r", "e"), ("re", "d</w>")])
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    CLIPTextModel(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random local CLIP text-model folder (32-d tokens): ``TextEncoderSpec(kind="clip", path=...)``."""
+    return save_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny_clip")
+
+
+# ---------------------------------------------------------------------------
 # frontier / report (owner: analysis engineer)
 # ---------------------------------------------------------------------------
 

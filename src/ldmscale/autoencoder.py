@@ -172,6 +172,7 @@ def train_autoencoder(
     cfg: AutoencoderConfig,
     out_dir: str | Path,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Train an ``AutoencoderKL`` on ``train_ds`` and save it (diffusers format) to ``out_dir``.
 
@@ -179,7 +180,8 @@ def train_autoencoder(
     The folder is written atomically (a killed run leaves no complete-looking folder) and holds
     ``config.json`` (with the data-derived ``scaling_factor``), ``diffusion_pytorch_model.safetensors``
     and ``training.json`` = {config, val_psnr_db, scaling_factor, loss curve, seconds}.
-    Returns ``out_dir``.
+    An existing non-empty ``out_dir`` is an error, unless ``overwrite`` and it is an earlier
+    autoencoder folder of ours (has ``training.json``). Returns ``out_dir``.
     """
     if len(train_ds) == 0:  # type: ignore[arg-type]
         raise AutoencoderError("train_autoencoder: the training dataset is empty")
@@ -190,6 +192,16 @@ def train_autoencoder(
             f"{cfg.resolution}; load the dataset at resolution={cfg.resolution} or change the config"
         )
     out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        if not (overwrite and (out_dir / TRAINING_JSON).is_file()):
+            raise AutoencoderError(
+                f"{out_dir} already exists"
+                + (
+                    "; pass overwrite=True (CLI: --overwrite) to replace this autoencoder"
+                    if (out_dir / TRAINING_JSON).is_file()
+                    else " and is not an ldmscale autoencoder folder; choose an empty or new folder"
+                )
+            )
     t0, cpu0 = time.time(), time.process_time()
     vae = build_autoencoder(cfg)
     vae.train()

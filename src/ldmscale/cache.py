@@ -154,7 +154,9 @@ def _read(
             if missing:
                 raise CacheError(f"{path} lacks tensors {missing}; delete it and rebuild the cache")
             return {n: f.get_tensor(n) for n in names}, dict(f.metadata() or {})
-    except (OSError, RuntimeError) as e:  # safetensors raises SafetensorError(Exception) subclasses
+    except CacheError:
+        raise
+    except Exception as e:  # SafetensorError is not an OSError
         raise CacheError(
             f"{path} is not a readable safetensors cache ({e}); delete it and rebuild"
         ) from e

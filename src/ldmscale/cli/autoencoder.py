@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         t.add_argument(flag, dest=field, type=tp, default=None, help=f"AutoencoderConfig.{field}")
     t.add_argument("--block-out-channels", dest="block_out_channels", type=_widths, default=None,
                    help="widths, e.g. 32,64,64 (3 blocks = 4x downsampling)")  # fmt: skip
+    t.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier autoencoder in --out"
+    )
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
     t.add_argument("--debug", action="store_true", help="show tracebacks")
     t.set_defaults(func=_train)
@@ -74,10 +77,12 @@ def _train(args: argparse.Namespace) -> int:
     train_ds = load_dataset(args.data, split="train", resolution=cfg.resolution)
     try:
         val_ds = load_dataset(args.data, split="validation", resolution=cfg.resolution)
-    except (ValueError, FileNotFoundError):
+    except (ValueError, FileNotFoundError) as e:
         val_ds = None
-        print("no validation split found: PSNR is not measured")
-    out = train_autoencoder(train_ds, val_ds, cfg, Path(args.out), progress=progress)
+        print(f"no usable validation split ({e}): PSNR is not measured")
+    out = train_autoencoder(
+        train_ds, val_ds, cfg, Path(args.out), progress=progress, overwrite=args.overwrite
+    )
     rec = read_training_record(out)
     assert rec is not None
     psnr = rec["val_psnr_db"]
