@@ -204,8 +204,8 @@ def _load_unet_vae(folder: Path) -> tuple[Any, Any]:
     unet_dir = _require(folder, "unet", "the denoising UNet")
     vae_dir = _require(folder, "vae", "the autoencoder that decodes latents to images")
     try:
-        unet = UNet2DConditionModel.from_pretrained(unet_dir)
-        vae = AutoencoderKL.from_pretrained(vae_dir)
+        unet = UNet2DConditionModel.from_pretrained(unet_dir, local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{folder}: cannot load unet/ or vae/: {e}") from e
     return unet, vae
@@ -270,8 +270,12 @@ def _load_sd(folder: Path, text_encoder: PromptEncoder | None) -> DiffusionModel
         te_dir = _require(folder, "text_encoder", "the CLIPTextModel")
         tok_dir = _require(folder, "tokenizer", "the CLIP tokenizer")
         try:
-            tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
-            text_model = CLIPTextModel.from_pretrained(te_dir).eval().requires_grad_(False)
+            tokenizer = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
+            text_model = (
+                CLIPTextModel.from_pretrained(te_dir, local_files_only=True)
+                .eval()
+                .requires_grad_(False)
+            )
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{folder}: cannot load text_encoder/ or tokenizer/: {e}") from e
         text_encoder = CLIPPromptEncoder(tokenizer, text_model)

@@ -377,6 +377,8 @@ def save_samples(
         "CFG doubled batch included, VAE decode and text encoder excluded",
         "seconds": result.seconds,
         "code_version": code_version(),
+        "prompts": prompts,
+        "seeds": list(result.seeds),
         "images": [
             {"file": f, "prompt": p, "seed": s} for f, p, s in zip(files, prompts, result.seeds)
         ],
