@@ -65,7 +65,7 @@ class AutoencoderConfig(Config):
     block_out_channels: tuple[int, ...] = (16, 32, 32)
     layers_per_block: int = 1
     norm_num_groups: int = 8
-    steps: int = 1500
+    steps: int = 800
     batch_size: int = 32
     lr: float = 2e-3
     loss: str = "l1"
