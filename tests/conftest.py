@@ -12,6 +12,18 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Probes and reference statistics go to a fresh cache, not the user's ~/.cache/ldmscale."""
+    old = os.environ.get("LDMSCALE_CACHE")
+    os.environ["LDMSCALE_CACHE"] = str(tmp_path_factory.mktemp("ldmscale-cache"))
+    yield
+    if old is None:
+        os.environ.pop("LDMSCALE_CACHE", None)
+    else:
+        os.environ["LDMSCALE_CACHE"] = old
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     import torch
 
@@ -19,6 +31,7 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
 
 # ---------------------------------------------------------------------------
 # data (owner: data engineer)

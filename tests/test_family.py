@@ -180,17 +180,8 @@ def test_full_paper_table_via_cli(capsys):
 # ------------------------------------------------------------------ narrow widths
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny forwards are far faster on one thread when the CPU cores are oversubscribed."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("c, groups", [(8, 8), (16, 16)])
-def test_narrow_widths_run_a_real_forward(c, groups, one_thread):
+def test_narrow_widths_run_a_real_forward(c, groups):
     spec = UNetSpec(c=c, **TINY)
     assert spec.norm_num_groups == groups
     torch.manual_seed(0)

@@ -34,16 +34,6 @@ N, C, H, T, D = 32, 4, 8, 8, 16
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is ~30x faster than two
-    competing ones, and matches the OMP_NUM_THREADS=1 subprocesses (same kernels, same bits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory) -> dict[str, str]:
     """Random latent + embedding caches (cache format of ldmscale.cache) and a tiny VAE folder."""

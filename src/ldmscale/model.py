@@ -15,8 +15,8 @@ Cost conventions (see docs/sampling.md): ``gflops_per_forward`` is one UNet forw
 counted with the ``dense`` convention (``torch.utils.flop_counter.FlopCounterMode`` on the meta
 device, 2 FLOPs per multiply-add). ``norm_cost`` is the ratio to the reference width c=320 of
 the paper's family: read from ``ldmscale_model.json`` for our models; for SD folders computed
-from the UNet config with ``block_out_channels`` rescaled so the first width is 320 (dense
-convention; SD v1.x itself gives 1.0).
+from the UNet config with ``block_out_channels`` rescaled so the first width is 320 (``xla``
+convention, as the family's normalized cost; SD v1.x itself gives 1.0).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ldmscale import family
 from ldmscale.family import REFERENCE_WIDTH, UNetSpec
 
 LDMSCALE_MODEL_FILE = "ldmscale_model.json"
@@ -236,12 +237,11 @@ def _load_ldmscale(folder: Path, text_encoder: PromptEncoder | None) -> Diffusio
         text_encoder = load_text_encoder(TextEncoderSpec.from_dict(meta["text_encoder"]))
     gflops = meta.get("gflops_dense")
     if gflops is None:
-        gflops = _spec_gflops_dense(spec)
+        gflops = family.count_gflops(spec, convention="dense")
     if "norm_cost" in meta:
         norm_cost = float(meta["norm_cost"])
     else:
-        shape = (spec.latent_channels, spec.latent_size, spec.latent_size)
-        norm_cost = _norm_cost_dense(unet.config, shape, spec.context_len)[0]
+        norm_cost = family.normalized_cost(spec)
     name = meta.get("name") or (folder.parent.name if folder.name == "model" else folder.name)
     return DiffusionModel(
         unet=unet,
@@ -281,8 +281,8 @@ def _load_sd(folder: Path, text_encoder: PromptEncoder | None) -> DiffusionModel
         text_encoder = CLIPPromptEncoder(tokenizer, text_model)
     shape = _latent_shape(unet.config)
     ctx_len = int(getattr(text_encoder, "max_length", 77))
-    gflops = unet_gflops_dense(unet.config, shape, ctx_len)
-    norm_cost, notes = _norm_cost_dense(unet.config, shape, ctx_len, gflops)
+    gflops = unet_gflops(unet.config, shape, ctx_len, "dense")
+    norm_cost, notes = _norm_cost(unet.config, shape, ctx_len)
     return DiffusionModel(
         unet=unet,
         vae=vae,
@@ -301,12 +301,17 @@ def _load_sd(folder: Path, text_encoder: PromptEncoder | None) -> DiffusionModel
     )
 
 
-def unet_gflops_dense(
-    unet_config: dict[str, Any], latent_shape: tuple[int, int, int], context_len: int
+def unet_gflops(
+    unet_config: dict[str, Any],
+    latent_shape: tuple[int, int, int],
+    context_len: int,
+    convention: str = "dense",
 ) -> float:
-    """GFLOPs of one forward at batch 1 of a UNet with this config (``dense``, meta device)."""
+    """GFLOPs of one forward at batch 1 of any ``UNet2DConditionModel`` config, counted on the
+    meta device in ``convention`` (``dense`` or ``xla``, see :mod:`ldmscale.flops`)."""
     from diffusers import UNet2DConditionModel
-    from torch.utils.flop_counter import FlopCounterMode
+
+    from ldmscale.flops import count_flops
 
     cfg = dict(unet_config)
     ctx_dim = cfg.get("cross_attention_dim", 768)
@@ -316,31 +321,19 @@ def unet_gflops_dense(
         unet = UNet2DConditionModel.from_config(cfg)
         x = torch.empty(1, *latent_shape)
         ctx = torch.empty(1, context_len, ctx_dim)
-        t = torch.tensor(500)
-    with FlopCounterMode(display=False) as counter:
-        unet(x, t, encoder_hidden_states=ctx)
-    return counter.get_total_flops() / 1e9
+        t = torch.tensor([500])
+    count = count_flops(unet, (x, t), {"encoder_hidden_states": ctx}, convention)
+    return count.total / 1e9
 
 
-def _spec_gflops_dense(spec: UNetSpec) -> float:
-    from ldmscale import family
-
-    if hasattr(family, "count_gflops"):
-        return float(family.count_gflops(spec, convention="dense"))
-    return unet_gflops_dense(
-        spec.unet_config(),
-        (spec.latent_channels, spec.latent_size, spec.latent_size),
-        spec.context_len,
-    )
-
-
-def _norm_cost_dense(
+def _norm_cost(
     unet_config: dict[str, Any],
     latent_shape: tuple[int, int, int] | None = None,
     context_len: int = 77,
     gflops: float | None = None,
 ) -> tuple[float, list[str]]:
-    """Normalized cost of an arbitrary UNet config: widths rescaled so the first is 320."""
+    """Normalized cost of an arbitrary UNet config (``xla`` convention, as the family's):
+    its GFLOPs over those of the same config with widths rescaled so the first is 320."""
     if latent_shape is None:
         latent_shape = _latent_shape(unet_config)
     widths = list(unet_config["block_out_channels"])
@@ -348,12 +341,12 @@ def _norm_cost_dense(
         return 1.0, []
     try:
         if gflops is None:
-            gflops = unet_gflops_dense(unet_config, latent_shape, context_len)
+            gflops = unet_gflops(unet_config, latent_shape, context_len, "xla")
         ref_cfg = dict(unet_config)
         ref_cfg["block_out_channels"] = [w * REFERENCE_WIDTH // widths[0] for w in widths]
         if any(w * REFERENCE_WIDTH % widths[0] for w in widths):
             raise ValueError("widths are not proportional to the first width")
-        ref = unet_gflops_dense(ref_cfg, latent_shape, context_len)
+        ref = unet_gflops(ref_cfg, latent_shape, context_len, "xla")
     except Exception as e:  # any architecture the rescaling cannot build
         note = f"norm_cost reported as 1.0: cannot build the c={REFERENCE_WIDTH} reference ({e})"
         log.warning(note)

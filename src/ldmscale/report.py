@@ -222,9 +222,11 @@ def _labels(points: Sequence[Point]) -> dict[str, str]:
 
 
 def _err(ps: Sequence[Point]) -> Any:
-    """Asymmetric error bars from the CIs (zero where a point has no CI)."""
-    lower = [p.value - p.lo if p.has_ci else 0.0 for p in ps]
-    upper = [p.hi - p.value if p.has_ci else 0.0 for p in ps]
+    """Asymmetric error bars from the CIs (zero where a point has no CI). A CI that does not
+    contain its point (rows from another tool's plain percentile bootstrap) is drawn from the
+    point to the far end, never as a negative bar."""
+    lower = [max(p.value - p.lo, 0.0) if p.has_ci else 0.0 for p in ps]
+    upper = [max(p.hi - p.value, 0.0) if p.has_ci else 0.0 for p in ps]
     return [lower, upper]
 
 

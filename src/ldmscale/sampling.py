@@ -29,7 +29,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import subprocess
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -40,10 +39,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ldmscale import __version__
 from ldmscale.config import Config, ConfigError
 from ldmscale.io import atomic_write_bytes, atomic_write_json
 from ldmscale.model import DiffusionModel
+from ldmscale.provenance import code_version
 
 SAMPLERS = ("ddim", "ddpm", "dpmpp")
 SPACINGS = ("leading", "trailing", "linspace")
@@ -273,21 +272,6 @@ def decode_latents(model: DiffusionModel, latents: torch.Tensor) -> np.ndarray:
         x = (x / 2 + 0.5).clamp(0, 1)
         x = x.permute(0, 2, 3, 1).float().cpu().numpy()
     return (x * 255).round().astype(np.uint8)
-
-
-def code_version() -> str:
-    """``ldmscale`` version plus the git commit when run from a checkout."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+g{sha}" if sha else __version__
 
 
 def make_grid(

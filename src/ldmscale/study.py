@@ -43,12 +43,15 @@ class StudyConfig(Config):
     out_dir: the study folder (every stage writes below it).
     data: a dataset folder (imagefolder or COCO root); ``None`` generates ``shapes``.
     n_train, n_val, resolution, seed: the generated ``shapes`` dataset.
+    vae: a local ``AutoencoderKL`` folder (e.g. SD's VAE) to use instead of training one.
     widths: base widths ``c`` to train.
     train: the training template (``run_dir`` and ``c`` are set per width).
     preview: sampler for the sample grids; ``preview.steps`` is the step count of the
       *largest* width, the others get the step count that gives the same sampling cost.
     preview_prompts: validation captions in each grid.
     sweep: the sweep template (``models``, ``dataset`` and ``store`` are filled in).
+    primary_metric: the metric of the figures and the verdict (None: the most stored one).
+    paper_table: include the paper-scale Table 1 (counted once, ~30 s) in the report.
     """
 
     out_dir: str = "outputs/study"
@@ -58,6 +61,7 @@ class StudyConfig(Config):
     n_val: int = 256
     resolution: int = 32
     seed: int = 0
+    vae: str | None = None
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     text_encoder: TextEncoderSpec = field(default_factory=TextEncoderSpec)
     widths: tuple[int, ...] = (16, 32, 64)
@@ -66,6 +70,7 @@ class StudyConfig(Config):
     preview_prompts: int = 8
     sweep: SweepConfig = field(default_factory=SweepConfig)
     primary_metric: str | None = None
+    paper_table: bool = True
 
     def __post_init__(self) -> None:
         if not self.widths:
@@ -87,7 +92,7 @@ class StudyConfig(Config):
         return Path(self.data) if self.data else self.root / "data" / "shapes"
 
     def vae_dir(self) -> Path:
-        return self.root / "autoencoder"
+        return Path(self.vae) if self.vae else self.root / "autoencoder"
 
     def run_dir(self, c: int) -> Path:
         return self.root / "runs" / f"c{c}"
@@ -129,25 +134,25 @@ def _tiny() -> StudyConfig:
         n_train=2000,
         n_val=256,
         resolution=32,
-        autoencoder=AutoencoderConfig(resolution=32, steps=600, val_images=256, scale_images=512),
+        autoencoder=AutoencoderConfig(resolution=32, val_images=256, scale_images=512),
         text_encoder=TextEncoderSpec(kind="minilm", max_length=24),
-        widths=(16, 32, 64),
+        widths=(8, 16, 32),
         train=TrainConfig(
-            steps=600,
+            steps=500,
             batch_size=32,
             lr=1e-3,
             warmup_steps=50,
             ema_decay=0.99,
-            checkpoint_every=200,
+            checkpoint_every=100,
             log_every=20,
             layers_per_block=1,
         ),
         preview=SamplerConfig(name="dpmpp", steps=20, guidance=4.0),
         sweep=SweepConfig(
             samplers=("ddim", "ddpm", "dpmpp"),
-            steps=(4, 8, 16, 32),
+            steps=(4, 6, 10, 16),
             guidance=(1.5, 2.0, 4.0, 8.0),
-            n_images=64,
+            n_images=32,
             metrics=("fd_probe", "alignment"),
             batch_size=64,
             dpmpp_max_steps=20,
@@ -193,6 +198,7 @@ def _paper() -> StudyConfig:
         out_dir="outputs/study-paper",
         preset="paper",
         data="data/coco2014",
+        vae="models/vae",
         n_val=30000,
         resolution=512,
         autoencoder=AutoencoderConfig(
@@ -218,6 +224,7 @@ def _paper() -> StudyConfig:
             n_images=30000,
             split="validation",
             metrics=("fid", "clip_score"),
+            clip_model="models/clip",
             batch_size=64,
             executor="ray",
         ),
@@ -313,11 +320,17 @@ class _Timer:
 
 
 def _claim_study_dir(cfg: StudyConfig) -> None:
-    """Refuse to mix two different studies in one folder (the config is stored on first use)."""
+    """Refuse to mix two different studies in one folder (the config is stored on first use;
+    fields added by a later ldmscale version compare at their defaults)."""
     path = cfg.root / "study_config.json"
     if path.is_file():
-        old = json.loads(path.read_text())
-        if old != cfg.to_dict():
+        try:
+            old = StudyConfig.load(path)
+        except ConfigError as e:
+            raise ConfigError(
+                f"{path} cannot be read as a study config ({e}); use another --out folder"
+            ) from e
+        if old.replace(out_dir=cfg.out_dir) != cfg:
             raise ConfigError(
                 f"{cfg.root} holds a study with a different config ({path}); use another "
                 "--out folder, or delete that folder to start again"
@@ -342,6 +355,12 @@ def _stage_autoencoder(cfg: StudyConfig, progress: bool, log) -> None:
     from ldmscale.autoencoder import read_training_record, train_autoencoder
     from ldmscale.data import load_dataset
 
+    if cfg.vae:
+        from ldmscale.autoencoder import load_autoencoder
+
+        load_autoencoder(cfg.vae)  # fails early, naming the problem, if it is not usable
+        log(f"[study]   using the autoencoder at {cfg.vae}")
+        return
     record = read_training_record(cfg.vae_dir())
     if record is not None:
         log(f"[study]   reusing {cfg.vae_dir()} (val PSNR {record.get('val_psnr_db', '?')} dB)")
@@ -419,15 +438,15 @@ def _stage_report(cfg: StudyConfig, samples: list[Path]) -> tuple[Path, str]:
     note = None
     if cfg.primary_metric == "fd_probe":
         note = (
-            "Primary metric: FD-probe, the Frechet distance on the features of a small probe "
-            "network trained on real shapes images (not Inception FID), chosen for speed on a CPU."
+            "FD-probe is the Frechet distance on the features of a small probe network trained "
+            "on real shapes images (not Inception FID), chosen for speed on a CPU"
         )
     path = build_report(
         rows,
         runs=[cfg.run_dir(c) for c in cfg.widths],
         sample_grids=grids,
         out_dir=cfg.root / "report",
-        family_table=_paper_table(cfg.root),
+        family_table=_paper_table(cfg.root) if cfg.paper_table else None,
         title=f"ldmscale study ({cfg.preset})",
         primary_metric=cfg.primary_metric,
         metric_note=note,

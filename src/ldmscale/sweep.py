@@ -24,7 +24,6 @@ images x steps x (2 with CFG, else 1).
 from __future__ import annotations
 
 import math
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import numpy as np
 
 from ldmscale.config import Config, ConfigError
 from ldmscale.io import hash_json, sha256_file
+from ldmscale.provenance import code_version
 from ldmscale.store import ResultsStore
 
 SAMPLERS = ("ddim", "ddpm", "dpmpp")
@@ -78,6 +78,10 @@ class SweepConfig(Config):
     executor: ``serial`` or ``ray``; address: an existing Ray cluster (``ray://host:10001`` or
         ``auto``), None for a local instance with ``num_cpus`` CPUs.
     store: the results store (SQLite file).
+    probe_steps: optimiser steps of the shapes probe behind ``fd_probe``/``alignment`` (its
+        config is part of the metric protocol, so changing it makes new cells).
+    clip_model: a local transformers CLIP folder for ``clip_score`` (raw cosine, the paper's
+        ~0.31 scale); nothing is downloaded.
     """
 
     models: tuple[str, ...] = ()
@@ -99,6 +103,8 @@ class SweepConfig(Config):
     address: str | None = None
     num_cpus: int = 2
     store: str = "results.sqlite"
+    probe_steps: int = 600
+    clip_model: str | None = None
 
     def __post_init__(self) -> None:
         bad = [s for s in self.samplers if s not in SAMPLERS]
@@ -389,6 +395,8 @@ def metric_protocol(cfg: SweepConfig, prompt_source: dict[str, Any]) -> dict[str
             "fingerprint": prompt_source.get("fingerprint"),
         },
         "prompts": prompt_source,
+        "probe": {"steps": cfg.probe_steps},
+        "clip_model": cfg.clip_model,
     }
 
 
@@ -436,29 +444,6 @@ def plan_sweep(cfg: SweepConfig, context: SweepContext | None = None) -> Plan:
 # --------------------------------------------------------------------------------------
 # Running cells
 # --------------------------------------------------------------------------------------
-
-
-@cache
-def code_version() -> str:
-    """``<package version>+g<commit>[-dirty]`` when run from a git checkout, else the version."""
-    from ldmscale import __version__
-
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        if sha.returncode != 0:
-            return __version__
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "diff", "--quiet", "HEAD", "--", str(here)], timeout=10
-        ).returncode
-        return f"{__version__}+g{sha.stdout.strip()}{'-dirty' if dirty else ''}"
-    except (OSError, subprocess.SubprocessError):
-        return __version__
 
 
 def cell_row(cell: Cell, result: CellResult) -> dict[str, Any]:
@@ -787,7 +772,7 @@ def format_estimate(est: Estimate, batch_size: int) -> str:
 _MODELS: dict[str, Any] = {}
 _METRIC_CACHE: dict[tuple, Any] = {}
 FEATURE_METRICS = ("fd_probe", "fid", "fd_inception", "fd_effnet", "kid")
-SCORE_METRICS = ("alignment",)
+SCORE_METRICS = ("alignment", "clip_score")
 KNOWN_METRICS = FEATURE_METRICS + SCORE_METRICS
 
 
@@ -879,6 +864,12 @@ def compute_metrics(
             fingerprints[name] = probe.fingerprint()
             rows = text_alignment(images, probe, captions=prompts).hits.astype(np.float64)
             statistic = np.mean
+        elif name == "clip_score":
+            from ldmscale.metrics.clip_score import clip_score
+
+            rows = clip_score(images, prompts, protocol.get("clip_model")).per_image
+            fingerprints[name] = str(protocol.get("clip_model"))
+            statistic = np.mean
         else:
             raise SweepError(f"unknown metric {name!r}; known metrics: {list(KNOWN_METRICS)}")
         if n_boot >= 2 and len(rows) >= 2:
@@ -930,11 +921,12 @@ def _dataset(protocol: dict[str, Any]) -> dict[str, Any]:
 
 def _probe(protocol: dict[str, Any]) -> Any:
     ref = _dataset(protocol)
-    key = ("probe", ref["dataset"])
+    key = ("probe", ref["dataset"], str(sorted((protocol.get("probe") or {}).items())))
     if key not in _METRIC_CACHE:
-        from ldmscale.metrics.probe import probe_for_dataset
+        from ldmscale.metrics.probe import ProbeConfig, probe_for_dataset
 
-        _METRIC_CACHE[key] = probe_for_dataset(ref["dataset"], progress=False)
+        steps = int((protocol.get("probe") or {}).get("steps", ProbeConfig.steps))
+        _METRIC_CACHE[key] = probe_for_dataset(ref["dataset"], ProbeConfig(steps=steps))
     return _METRIC_CACHE[key]
 
 

@@ -31,7 +31,6 @@ import math
 import os
 import random
 import shutil
-import subprocess
 import sys
 import time
 import warnings
@@ -42,11 +41,11 @@ from typing import Any
 
 import torch
 
-from ldmscale import __version__
 from ldmscale.config import Config, ConfigError
 from ldmscale.family import UNetSpec, build_unet
 from ldmscale.io import atomic_path, atomic_write_json, atomic_write_text, sha256_file
 from ldmscale.objectives import PREDICTION_TYPES, build_objective, make_noise_scheduler
+from ldmscale.provenance import code_version
 
 MODEL_FORMAT = "ldmscale-model/1"
 LR_SCHEDULES = ("constant", "cosine")
@@ -489,21 +488,6 @@ def _append_line(path: Path, record: dict[str, Any]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def code_version() -> str:
-    """Package version plus the git commit of the source tree when available."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{__version__}+g{commit}" if commit else __version__
 
 
 # ----------------------------------------------------------------------------- costs

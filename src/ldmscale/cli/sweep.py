@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-images", type=int, help="images per cell")
     p.add_argument("--metrics", type=_csv(str), help="metric names, e.g. fd_probe,alignment")
     p.add_argument("--dataset", help="dataset folder: validation captions and reference images")
+    p.add_argument("--clip-model", help="local transformers CLIP folder for the clip_score metric")
     p.add_argument("--batch-size", type=int, help="images per sampling batch")
     p.add_argument("--store", help="results store (SQLite file)")
     p.add_argument("--executor", choices=("serial", "ray"))
@@ -82,6 +83,7 @@ def build_config(args: argparse.Namespace):
         "n_images": args.n_images,
         "metrics": args.metrics,
         "dataset": args.dataset,
+        "clip_model": args.clip_model,
         "batch_size": args.batch_size,
         "store": args.store,
         "executor": args.executor,
