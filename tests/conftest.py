@@ -53,38 +53,68 @@ def tiny_shapes(tmp_path_factory: pytest.TempPathFactory):
 
 
 # ---------------------------------------------------------------------------
-# autoencoder / text encoders (owner: autoencoder/text engineer)
+# shared tiny models (used by text, cache, sampling, sweep, metrics tests): one CLIP tokenizer,
+# one CLIP text model, one full CLIPModel, one tiny SD pipeline folder, one ldmscale model folder
 # ---------------------------------------------------------------------------
 
+#: The tiny SD pipeline's prompt length (tokens) and text-embedding width.
+TINY_CTX_LEN = 8
+TINY_CTX_DIM = 32
 
-def save_tiny_clip(folder, hidden_size: int = 32, layers: int = 2, seed: int = 0):
-    """Write a tiny random CLIP text model + CLIP tokenizer (built offline) to ``folder``.
 
-    The tokenizer's vocabulary is every byte character, with and without the word-end
-    marker, plus two merges; the model has ``hidden_size``-d tokens. Returns ``folder``.
-    """
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def tiny_clip_tokenizer(max_length: int | None = None):
+    """A CLIP tokenizer built offline: every byte character, with and without the word-end
+    marker, plus two merges (``red`` is one token); ``<|startoftext|>`` = 0, ``<|endoftext|>``
+    = 1 (also pad and unk). ``max_length`` sets ``model_max_length`` (what pipelines pad to)."""
+    from transformers import CLIPTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     chars = list(bytes_to_unicode().values())
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for token in chars + [c + "</w>" for c in chars] + ["re", "red</w>"]:
         vocab.setdefault(token, len(vocab))
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[("r", "e"), ("re", "d</w>")])
-    torch.manual_seed(seed)
-    config = CLIPTextConfig(
-        vocab_size=len(vocab),
+    extra = {} if max_length is None else {"model_max_length": max_length}
+    return CLIPTokenizer(vocab=vocab, merges=[("r", "e"), ("re", "d</w>")], **extra)
+
+
+def tiny_clip_text_config(
+    vocab_size: int, hidden_size: int = 32, layers: int = 2, max_positions: int = 77
+) -> dict:
+    """Keyword arguments of a tiny ``CLIPTextConfig`` matching :func:`tiny_clip_tokenizer`."""
+    return dict(
+        vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=layers,
         num_attention_heads=4,
-        max_position_embeddings=77,
+        max_position_embeddings=max_positions,
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
     )
-    CLIPTextModel(config).save_pretrained(folder, safe_serialization=True)
+
+
+def tiny_clip_text_model(
+    tokenizer, hidden_size: int = 32, layers: int = 2, max_positions: int = 77
+):
+    """A random ``CLIPTextModel`` (eval mode) for ``tokenizer``; seeds nothing itself."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        **tiny_clip_text_config(len(tokenizer), hidden_size, layers, max_positions)
+    )
+    return CLIPTextModel(config).eval()
+
+
+def save_tiny_clip(folder, hidden_size: int = 32, layers: int = 2, seed: int = 0):
+    """Write a tiny random CLIP text model + :func:`tiny_clip_tokenizer` to ``folder``."""
+    import torch
+
+    tokenizer = tiny_clip_tokenizer()
+    torch.manual_seed(seed)
+    tiny_clip_text_model(tokenizer, hidden_size, layers).save_pretrained(
+        folder, safe_serialization=True
+    )
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -93,6 +123,127 @@ def save_tiny_clip(folder, hidden_size: int = 32, layers: int = 2, seed: int = 0
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory):
     """A tiny random local CLIP text-model folder (32-d tokens): ``TextEncoderSpec(kind="clip", path=...)``."""
     return save_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny_clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_model_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random full ``CLIPModel`` + ``CLIPProcessor`` folder (for ``clip_score``): 16-d
+    text and vision towers, 32 text positions, 32 px images in 8 px patches, 8-d projections."""
+    import warnings
+
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    folder = tmp_path_factory.mktemp("clip_model") / "tiny_clip_model"
+    tokenizer = tiny_clip_tokenizer()
+    text = tiny_clip_text_config(len(tokenizer), hidden_size=16, layers=1, max_positions=32)
+    vision = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        image_size=32, patch_size=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ip = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    model.save_pretrained(folder)
+    CLIPProcessor(image_processor=ip, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def tiny_unet_spec(c: int = 8):
+    """The tiny SD pipeline's ``UNetSpec``: 8x8x4 latents, 8 tokens of 32-d context."""
+    from ldmscale.family import UNetSpec
+
+    return UNetSpec(c=c, context_dim=TINY_CTX_DIM, context_len=TINY_CTX_LEN, latent_size=8)
+
+
+def tiny_sd_components(c: int = 8):
+    """(unet, vae, tokenizer, text_model, scheduler) of a tiny Stable Diffusion model, seeded 0.
+
+    UNet of :func:`tiny_unet_spec`, an ``AutoencoderKL`` (8, 16) for 16 px images with a
+    scaling factor of 0.5, the tiny CLIP text model (32-d, 8 positions) and SD's DDPM noise
+    scheduler. Same ``c`` -> same weights.
+    """
+    import torch
+    from diffusers import AutoencoderKL
+
+    from ldmscale.family import build_unet
+    from ldmscale.objectives import make_noise_scheduler
+
+    torch.manual_seed(0)
+    unet = build_unet(tiny_unet_spec(c))
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=16,
+        scaling_factor=0.5,
+    )
+    tokenizer = tiny_clip_tokenizer(TINY_CTX_LEN)
+    text_model = tiny_clip_text_model(tokenizer, TINY_CTX_DIM, max_positions=TINY_CTX_LEN)
+    return unet, vae, tokenizer, text_model, make_noise_scheduler()
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny diffusers ``StableDiffusionPipeline`` folder (:func:`tiny_sd_components`, c=8),
+    saved with ``save_pretrained``; its name is ``tiny-sd``. Shared: do not modify it."""
+    from diffusers import StableDiffusionPipeline
+
+    unet, vae, tokenizer, text_model, scheduler = tiny_sd_components()
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_model,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    path = tmp_path_factory.mktemp("sd") / "tiny-sd"
+    pipe.save_pretrained(path)
+    return path
+
+
+def make_tiny_ldmscale_model(
+    root, clip_dir, name: str = "run", c: int = 8, norm_cost: float = 0.001, with_flops: bool = True
+):
+    """``<root>/<name>/model``: a tiny model folder in the trainer's export format.
+
+    Weights of :func:`tiny_sd_components` (``c`` = 8: the same as ``tiny_sd_dir``), text
+    encoder ``{"kind": "clip", "path": clip_dir}`` (e.g. ``tiny_sd_dir``). With
+    ``with_flops`` the GFLOPs are recorded (made-up values), else the loader counts them.
+    """
+    import json
+    from pathlib import Path
+
+    unet, vae, _, _, scheduler = tiny_sd_components(c)
+    folder = Path(root) / name / "model"
+    unet.save_pretrained(folder / "unet")
+    vae.save_pretrained(folder / "vae")
+    scheduler.save_pretrained(folder / "scheduler")
+    meta = {
+        "format": "ldmscale-model/1",
+        "unet_spec": tiny_unet_spec(c).to_dict(),
+        "text_encoder": {"kind": "clip", "path": str(clip_dir), "max_length": TINY_CTX_LEN},
+        "prediction_type": "epsilon",
+        "scaling_factor": 0.5,
+        "norm_cost": norm_cost,
+        "train_steps": 10,
+        "train_config": {},
+        "code_version": "test",
+    }
+    if with_flops:
+        meta.update(gflops_xla=0.0075, gflops_dense=0.0079)
+    (folder / "ldmscale_model.json").write_text(json.dumps(meta))
+    return folder
 
 
 # ---------------------------------------------------------------------------

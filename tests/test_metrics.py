@@ -410,52 +410,7 @@ def test_effnet_features():
     assert "efficientnet-lite0" in ext.fingerprint() and "imagenet-norm" in ext.fingerprint()
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    out, n = {}, 0
-    for b in range(256):
-        if b in keep:
-            out[b] = chr(b)
-        else:
-            out[b] = chr(256 + n)
-            n += 1
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random CLIPModel + character-level CLIP tokenizer + image processor, saved locally."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    d = tmp_path_factory.mktemp("tiny_clip")
-    chars = list(_bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    bos, eos = len(vocab), len(vocab) + 1
-    vocab.update({"<|startoftext|>": bos, "<|endoftext|>": eos})
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
-    text = dict(
-        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=32, bos_token_id=bos, eos_token_id=eos,
-        pad_token_id=eos,
-    )  # fmt: skip
-    vision = dict(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        image_size=32, patch_size=8,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ip = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    model.save_pretrained(d)
-    CLIPProcessor(image_processor=ip, tokenizer=tok).save_pretrained(d)
-    return d
-
-
-def test_clip_score_is_raw_cosine(tiny_clip: Path):
+def test_clip_score_is_raw_cosine(tiny_clip_model_dir: Path):
     from transformers import CLIPModel, CLIPProcessor
 
     from ldmscale.metrics.clip_score import clip_score
@@ -466,11 +421,11 @@ def test_clip_score_is_raw_cosine(tiny_clip: Path):
         "a small blue cross",
         "x" * 100,
     ]  # 100 > 32 tokens
-    res = clip_score(imgs, caps, tiny_clip, batch_size=2)
+    res = clip_score(imgs, caps, tiny_clip_model_dir, batch_size=2)
     assert res.per_image.shape == (3,) and np.all(np.abs(res.per_image) <= 1.0)
     # independent computation with the model's projection heads
-    model = CLIPModel.from_pretrained(tiny_clip).eval()
-    proc = CLIPProcessor.from_pretrained(tiny_clip)
+    model = CLIPModel.from_pretrained(tiny_clip_model_dir).eval()
+    proc = CLIPProcessor.from_pretrained(tiny_clip_model_dir)
     inp = proc(
         text=caps,
         images=list(imgs),
@@ -483,7 +438,7 @@ def test_clip_score_is_raw_cosine(tiny_clip: Path):
         out = model(**inp)
     cos = torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds).numpy()
     np.testing.assert_allclose(res.per_image, cos, atol=1e-5)
-    x100 = clip_score(imgs, caps, tiny_clip, scale=100.0)
+    x100 = clip_score(imgs, caps, tiny_clip_model_dir, scale=100.0)
     assert x100.mean == pytest.approx(100 * res.mean, rel=1e-5)
 
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import string
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_CTX_LEN, make_tiny_ldmscale_model, tiny_unet_spec
 from ldmscale.config import ConfigError
-from ldmscale.family import UNetSpec, build_unet
 from ldmscale.model import CLIPPromptEncoder, ModelLoadError, load_model, unet_gflops
 from ldmscale.sampling import (
     SamplerConfig,
@@ -23,126 +21,24 @@ from ldmscale.sampling import (
     save_samples,
 )
 
-CTX_LEN = 8
-CTX_DIM = 32
-SPEC = UNetSpec(c=8, context_dim=CTX_DIM, context_len=CTX_LEN, latent_size=8)
 PROMPTS = ["a red circle", "a blue square top left", "a green triangle"]
 SEEDS = [11, 22, 33]
 
 
-def tiny_tokenizer():
-    """A character-level CLIP tokenizer built offline (no merges)."""
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in string.ascii_lowercase + string.digits + ".,!?'-":
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=CTX_LEN)
-
-
-def tiny_components():
-    from diffusers import AutoencoderKL, DDPMScheduler
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    unet = build_unet(SPEC)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=16,
-        scaling_factor=0.5,
-    )
-    tokenizer = tiny_tokenizer()
-    text_model = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            hidden_size=CTX_DIM,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=CTX_LEN,
-        )
-    ).eval()
-    scheduler = DDPMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        clip_sample=False,
-        steps_offset=1,  # as the trainer writes (and as StableDiffusionPipeline enforces)
-    )
-    return unet, vae, tokenizer, text_model, scheduler
+@pytest.fixture(scope="module")
+def sd_model(tiny_sd_dir):
+    return load_model(tiny_sd_dir)
 
 
 @pytest.fixture(scope="module")
-def sd_dir(tmp_path_factory) -> Path:
-    """A tiny diffusers StableDiffusionPipeline folder saved with save_pretrained."""
-    from diffusers import StableDiffusionPipeline
-
-    unet, vae, tokenizer, text_model, scheduler = tiny_components()
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_model,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    path = tmp_path_factory.mktemp("sd") / "tiny-sd"
-    pipe.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def sd_model(sd_dir):
-    return load_model(sd_dir)
-
-
-@pytest.fixture(scope="module")
-def pipe(sd_dir):
+def pipe(tiny_sd_dir):
     from diffusers import StableDiffusionPipeline
 
     p = StableDiffusionPipeline.from_pretrained(
-        sd_dir, safety_checker=None, requires_safety_checker=False
+        tiny_sd_dir, safety_checker=None, requires_safety_checker=False
     )
     p.set_progress_bar_config(disable=True)
     return p
-
-
-def ldmscale_dir(root: Path, clip_dir: Path, with_flops: bool = True) -> Path:
-    """A tiny ldmscale model folder in the trainer's export format (CLIP text encoder)."""
-    unet, vae, _, _, scheduler = tiny_components()
-    folder = root / "run" / "model"
-    unet.save_pretrained(folder / "unet")
-    vae.save_pretrained(folder / "vae")
-    scheduler.save_pretrained(folder / "scheduler")
-    meta = {
-        "format": "ldmscale-model/1",
-        "unet_spec": SPEC.to_dict(),
-        "text_encoder": {"kind": "clip", "path": str(clip_dir), "max_length": CTX_LEN},
-        "prediction_type": "epsilon",
-        "scaling_factor": 0.5,
-        "norm_cost": 0.001,
-        "train_steps": 10,
-        "train_config": {},
-        "code_version": "test",
-    }
-    if with_flops:
-        meta.update(gflops_xla=0.0075, gflops_dense=0.0079)
-    (folder / "ldmscale_model.json").write_text(json.dumps(meta))
-    return folder
 
 
 def _gens(seeds):
@@ -333,19 +229,19 @@ def test_sd_folder_costs(sd_model):
     assert sd_model.source_format == "diffusers-stable-diffusion"
     assert sd_model.latent_shape == (4, 8, 8)
     assert sd_model.scaling_factor == 0.5
-    direct = unet_gflops(dict(sd_model.unet.config), (4, 8, 8), CTX_LEN)
+    direct = unet_gflops(dict(sd_model.unet.config), (4, 8, 8), TINY_CTX_LEN)
     assert sd_model.gflops_per_forward == pytest.approx(direct)
     # normalized cost in the family's (xla) convention, against the same UNet at c=320
     ref_cfg = dict(sd_model.unet.config, block_out_channels=[320, 640, 1280, 1280])
-    ref = unet_gflops(ref_cfg, (4, 8, 8), CTX_LEN, "xla")
-    xla = unet_gflops(dict(sd_model.unet.config), (4, 8, 8), CTX_LEN, "xla")
+    ref = unet_gflops(ref_cfg, (4, 8, 8), TINY_CTX_LEN, "xla")
+    xla = unet_gflops(dict(sd_model.unet.config), (4, 8, 8), TINY_CTX_LEN, "xla")
     assert sd_model.norm_cost == pytest.approx(xla / ref)
     assert 0 < sd_model.norm_cost < 0.01
     assert any("norm_cost" in note for note in sd_model.notes)
 
 
-def test_ldmscale_folder(tmp_path, sd_dir, sd_model):
-    folder = ldmscale_dir(tmp_path, sd_dir)
+def test_ldmscale_folder(tmp_path, tiny_sd_dir, sd_model):
+    folder = make_tiny_ldmscale_model(tmp_path, tiny_sd_dir)
     model = load_model(folder.parent)  # the run folder works too; text via ldmscale.text
     assert model.source_format == "ldmscale-model/1"
     assert model.name == "run" and model.norm_cost == 0.001
@@ -360,14 +256,14 @@ def test_ldmscale_folder(tmp_path, sd_dir, sd_model):
 
 
 def test_ldmscale_folder_without_flops_counts_them(tmp_path, pipe):
-    folder = ldmscale_dir(tmp_path, tmp_path / "unused", with_flops=False)
+    folder = make_tiny_ldmscale_model(tmp_path, tmp_path / "unused", with_flops=False)
     model = load_model(folder, text_encoder=CLIPPromptEncoder(pipe.tokenizer, pipe.text_encoder))
     assert model.gflops_per_forward == pytest.approx(
-        unet_gflops(SPEC.unet_config(), (4, 8, 8), CTX_LEN), rel=0.05
+        unet_gflops(tiny_unet_spec().unet_config(), (4, 8, 8), TINY_CTX_LEN), rel=0.05
     )
 
 
-def test_load_errors(tmp_path, sd_dir):
+def test_load_errors(tmp_path, tiny_sd_dir):
     import shutil
 
     with pytest.raises(ModelLoadError, match="not found"):
@@ -376,11 +272,11 @@ def test_load_errors(tmp_path, sd_dir):
     with pytest.raises(ModelLoadError, match="unknown model format"):
         load_model(tmp_path / "empty")
     broken = tmp_path / "broken"
-    shutil.copytree(sd_dir, broken)
+    shutil.copytree(tiny_sd_dir, broken)
     shutil.rmtree(broken / "vae")
     with pytest.raises(ModelLoadError, match="missing component `vae/`"):
         load_model(broken)
-    folder = ldmscale_dir(tmp_path, sd_dir)
+    folder = make_tiny_ldmscale_model(tmp_path, tiny_sd_dir)
     meta = json.loads((folder / "ldmscale_model.json").read_text())
     (folder / "ldmscale_model.json").write_text(json.dumps(dict(meta, format="other/9")))
     with pytest.raises(ModelLoadError, match="format"):
@@ -411,7 +307,7 @@ def test_save_samples(tmp_path, sd_model):
         read_samples(tmp_path)
 
 
-def test_cli_sample(tmp_path, sd_dir):
+def test_cli_sample(tmp_path, tiny_sd_dir):
     from ldmscale.cli import main
 
     prompts_file = tmp_path / "prompts.txt"
@@ -419,7 +315,7 @@ def test_cli_sample(tmp_path, sd_dir):
     out = tmp_path / "cli"
     rc = main(
         [
-            "sample", "--model", str(sd_dir), "--prompts-file", str(prompts_file),
+            "sample", "--model", str(tiny_sd_dir), "--prompts-file", str(prompts_file),
             "--sampler", "dpmpp", "--steps", "1", "--guidance", "2", "--seeds", "4,5",
             "--n-per-prompt", "2", "--batch-size", "3", "--out", str(out), "--no-progress",
         ]

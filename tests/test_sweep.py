@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import make_tiny_ldmscale_model, tiny_unet_spec
 from ldmscale.adaptive import (
     AdaptiveConfig,
     GroupSearch,
@@ -30,6 +31,7 @@ from ldmscale.adaptive import (
     schedule,
     search_guidance,
 )
+from ldmscale.family import build_unet
 from ldmscale.store import ResultsStore
 from ldmscale.sweep import (
     Cell,
@@ -92,31 +94,10 @@ def synthetic_evaluate(cell: Cell) -> CellResult:
     )
 
 
-def make_fake_model(root: Path, name: str, c: int, norm_cost: float) -> Path:
-    """A model folder with the files describe_model reads (tiny weight files, real JSON)."""
-    from safetensors.numpy import save_file
-
-    folder = root / name / "model"
-    for sub in ("unet", "vae"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-        weights = {"w": np.full((c, 3), c, dtype=np.float32), "b": np.zeros(c, np.float32)}
-        save_file(weights, str(folder / sub / "diffusion_pytorch_model.safetensors"))
-        (folder / sub / "config.json").write_text(json.dumps({"block_out_channels": [c, 2 * c]}))
-    meta = {
-        "format": "ldmscale-model/1",
-        "unet_spec": {"c": c, "context_dim": 16, "context_len": 8, "latent_size": 8},
-        "text_encoder": {"kind": "minilm", "path": None, "max_length": 8},
-        "norm_cost": norm_cost,
-        "scaling_factor": 1.0,
-    }
-    (folder / "ldmscale_model.json").write_text(json.dumps(meta))
-    return folder
-
-
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> list[str]:
+def models(tmp_path_factory, tiny_sd_dir) -> list[str]:
     root = tmp_path_factory.mktemp("models")
-    return [str(make_fake_model(root, f"c{c}", c, c / 320)) for c in (8, 16)]
+    return [str(make_tiny_ldmscale_model(root, tiny_sd_dir, f"c{c}", c, c / 320)) for c in (8, 16)]
 
 
 def small_cfg(models, tmp_path, **over) -> SweepConfig:
@@ -143,7 +124,9 @@ def test_describe_model_reads_identity(models, tmp_path):
     a, b = describe_model(models[0]), describe_model(models[1])
     assert (a.c, b.c) == (8, 16)
     assert a.name == "c8" and a.norm_cost == pytest.approx(8 / 320)
-    assert a.params == 8 * 3 + 8  # counted from the UNet safetensors header
+    unet = build_unet(tiny_unet_spec(8))
+    # counted from the UNet safetensors header
+    assert a.params == sum(p.numel() for p in unet.parameters())
     assert a.hash != b.hash and len(a.hash) == 32
     # the run folder (parent of model/) is accepted and names the same model
     assert describe_model(Path(models[0]).parent).hash == a.hash
@@ -153,10 +136,10 @@ def test_describe_model_reads_identity(models, tmp_path):
         describe_model(tmp_path / "missing")
 
 
-def test_model_hash_changes_with_weights(tmp_path):
+def test_model_hash_changes_with_weights(tmp_path, tiny_sd_dir):
     from safetensors.numpy import save_file
 
-    folder = make_fake_model(tmp_path, "m", 8, 0.1)
+    folder = make_tiny_ldmscale_model(tmp_path, tiny_sd_dir, "m", 8, 0.1)
     before = describe_model(folder).hash
     save_file(
         {"w": np.ones((8, 3), np.float32)},
@@ -404,28 +387,10 @@ def test_estimate_plan_counts_and_uses_calibration(models, tmp_path):
         assert estimate_plan(plan, store, calibrate=False).pending == 25
 
 
-def test_calibrate_model_times_a_real_unet(tmp_path):
-    import torch
-
-    from ldmscale.family import UNetSpec, build_unet
+def test_calibrate_model_times_a_real_unet(models):
     from ldmscale.sweep import calibrate_model
 
-    spec = UNetSpec(c=8, context_dim=16, context_len=8, latent_size=8)
-    folder = make_fake_model(tmp_path, "real", 8, 0.01)
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    build_unet(spec).save_pretrained(folder / "unet")
-    vae = AutoencoderKL(
-        block_out_channels=(8,),
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-    )
-    vae.save_pretrained(folder / "vae")
-    t = calibrate_model(describe_model(folder), batch_size=2, repeats=1)
+    t = calibrate_model(describe_model(models[0]), batch_size=2, repeats=1)
     assert 0 < t["unet_s"] < 30 and 0 < t["unet_cfg_s"] < 30
     assert 0 < t["vae_s"] < 30
 
@@ -606,69 +571,13 @@ def test_cell_row_takes_norm_cost_from_result_when_model_lacks_it(models, tmp_pa
 # --------------------------------------------------------------------------------------
 
 
-def make_tiny_sd(path: Path) -> Path:
-    """A tiny random Stable Diffusion pipeline folder (UNet c=8, 16 px images, CLIP-like text)."""
-    import string
-
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from ldmscale.family import UNetSpec, build_unet
-
-    torch.manual_seed(0)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in string.ascii_lowercase + " ":
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=8)
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            hidden_size=16,
-            intermediate_size=16,
-            num_attention_heads=2,
-            num_hidden_layers=1,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=8,
-        )
-    )
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 8),
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=16,
-    )
-    scheduler = DDPMScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text,
-        tokenizer=tokenizer,
-        unet=build_unet(UNetSpec(c=8, context_dim=16, context_len=8, latent_size=8)),
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(path)
-    return path
-
-
 @pytest.mark.slow
-def test_evaluate_cell_samples_and_scores_for_real(tmp_path, tiny_shapes, monkeypatch):
+def test_evaluate_cell_samples_and_scores_for_real(tmp_path, tiny_shapes, tiny_sd_dir, monkeypatch):
     monkeypatch.setenv("LDMSCALE_CACHE", str(tmp_path / "cache"))
     from ldmscale.sweep import evaluate_cell
 
-    sd = make_tiny_sd(tmp_path / "tiny-sd")
     cfg = SweepConfig(
-        models=(str(sd),),
+        models=(str(tiny_sd_dir),),
         samplers=("ddim",),
         steps=(2,),
         guidance=(1.0, 3.0),
