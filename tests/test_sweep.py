@@ -613,6 +613,58 @@ def test_evaluate_cell_samples_and_scores_for_real(tmp_path, tiny_shapes, tiny_s
     )
 
 
+def test_sweep_with_clip_score(tmp_path, tiny_sd_dir, tiny_clip_model_dir):
+    """clip_score end to end: sample a tiny SD folder, score with a local CLIP, store a CI."""
+    from ldmscale.metrics.clip_score import clip_score
+    from ldmscale.model import load_model
+    from ldmscale.sampling import SamplerConfig, generate
+    from ldmscale.sweep import compute_metrics
+
+    cfg = SweepConfig(
+        models=(str(tiny_sd_dir),),
+        samplers=("ddim",),
+        steps=(2,),
+        guidance=(1.0, 3.0),
+        n_images=4,
+        prompts=PROMPTS,
+        metrics=("clip_score",),
+        clip_model=str(tiny_clip_model_dir),
+        bootstrap=20,
+        batch_size=4,
+        store=str(tmp_path / "r.sqlite"),
+    )
+    with ResultsStore(cfg.store) as store:
+        summary = run_sweep(cfg, store, progress=False)
+        rows = store.rows()
+    assert summary.computed == len(rows) == 2
+    for row in rows:
+        score = row["metrics"]["clip_score"]
+        assert -1.0 <= score["lo"] < score["hi"] <= 1.0 and score["n"] == 4
+        assert score["lo"] <= score["value"] <= score["hi"]
+        networks = row["provenance"]["extra"]["feature_networks"]
+        assert networks["clip_score"] == str(tiny_clip_model_dir)
+    # the stored value is the mean raw cosine of the cell's own images and prompts
+    row = next(r for r in rows if r["guidance"] == 3.0)
+    images = generate(
+        load_model(tiny_sd_dir), list(PROMPTS), [0, 1, 2, 3], SamplerConfig("ddim", 2, 3.0),
+        batch_size=4, progress=False,
+    ).images  # fmt: skip
+    expected = clip_score(images, list(PROMPTS), tiny_clip_model_dir).mean
+    assert row["metrics"]["clip_score"]["value"] == pytest.approx(expected, abs=1e-5)
+
+    # no clip_model: a clear error before any cell is sampled, and from compute_metrics too
+    missing = cfg.replace(clip_model=None, store=str(tmp_path / "missing.sqlite"))
+    with pytest.raises(SweepError, match="clip_score metric needs a CLIP model.*clip_model"):
+        run_sweep(missing, progress=False)
+    with ResultsStore(missing.store) as store:
+        assert store.rows() == []
+    with pytest.raises(SweepError, match="set `clip_model`"):
+        compute_metrics(images, list(PROMPTS), {"metrics": ["clip_score"], "bootstrap": 0})
+    not_clip = cfg.replace(clip_model=str(tmp_path), store=str(tmp_path / "bad.sqlite"))
+    with pytest.raises(SweepError, match="not a CLIP model folder"):
+        run_sweep(not_clip, progress=False)
+
+
 def test_fast_frechet_matches_the_metrics_module():
     from ldmscale.metrics.frechet import frechet_distance_features
     from ldmscale.sweep import fast_frechet

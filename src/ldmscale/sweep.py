@@ -821,6 +821,8 @@ def prepare_metrics(protocol: dict[str, Any]) -> None:
             _reference(name, protocol)
         elif name == "alignment":
             _probe(protocol)
+        elif name == "clip_score":
+            _clip_model(protocol)
 
 
 def compute_metrics(
@@ -835,7 +837,8 @@ def compute_metrics(
     Metrics: ``fd_probe`` (Fréchet distance on the shapes probe's features; not FID),
     ``fid``/``fd_inception`` (Inception), ``fd_effnet`` (EfficientNet-Lite0; not FID),
     ``kid`` (Inception, mean over subsets),
-    ``alignment`` (fraction of images whose probe read-out matches the caption; shapes only).
+    ``alignment`` (fraction of images whose probe read-out matches the caption; shapes only),
+    ``clip_score`` (raw CLIP cosine of image and prompt; needs ``protocol["clip_model"]``).
     """
     from ldmscale.metrics.bootstrap import bootstrap_ci
     from ldmscale.metrics.common import extract_features
@@ -867,8 +870,9 @@ def compute_metrics(
         elif name == "clip_score":
             from ldmscale.metrics.clip_score import clip_score
 
-            rows = clip_score(images, prompts, protocol.get("clip_model")).per_image
-            fingerprints[name] = str(protocol.get("clip_model"))
+            clip_model = _clip_model(protocol)
+            rows = clip_score(images, prompts, clip_model).per_image
+            fingerprints[name] = clip_model
             statistic = np.mean
         else:
             raise SweepError(f"unknown metric {name!r}; known metrics: {list(KNOWN_METRICS)}")
@@ -928,6 +932,23 @@ def _probe(protocol: dict[str, Any]) -> Any:
         steps = int((protocol.get("probe") or {}).get("steps", ProbeConfig.steps))
         _METRIC_CACHE[key] = probe_for_dataset(ref["dataset"], ProbeConfig(steps=steps))
     return _METRIC_CACHE[key]
+
+
+def _clip_model(protocol: dict[str, Any]) -> str:
+    """The protocol's local CLIP folder for ``clip_score``; a SweepError if unset or not one."""
+    path = protocol.get("clip_model")
+    if not path:
+        raise SweepError(
+            "the clip_score metric needs a CLIP model: set `clip_model` in the sweep config "
+            "(or pass --clip-model) to a local transformers CLIP folder (CLIPModel + processor "
+            "saved with save_pretrained); nothing is downloaded"
+        )
+    if not (Path(path).expanduser() / "config.json").is_file():
+        raise SweepError(
+            f"clip_model {path} is not a CLIP model folder (no config.json); give the folder "
+            "written by CLIPModel.save_pretrained + CLIPProcessor.save_pretrained"
+        )
+    return str(path)
 
 
 def _reference(name: str, protocol: dict[str, Any]) -> tuple[Any, Any]:
