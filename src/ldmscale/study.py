@@ -162,32 +162,36 @@ def _tiny() -> StudyConfig:
 
 
 def _small() -> StudyConfig:
+    # Sized from measured speeds on 2 CPU cores (training c=8..32 at 3-6 steps/s, Inception at
+    # ~8 images/s): ~50 min of training, ~2 h of sweep (352 cells x 128 images, FID dominating).
     return StudyConfig(
         out_dir="outputs/study-small",
         preset="small",
-        n_train=20000,
+        n_train=10000,
         n_val=2048,
         resolution=32,
-        autoencoder=AutoencoderConfig(resolution=32, steps=3000),
+        autoencoder=AutoencoderConfig(resolution=32, steps=1500),
         text_encoder=TextEncoderSpec(kind="minilm", max_length=24),
-        widths=(16, 32, 48, 64),
+        widths=(8, 16, 24, 32),
         train=TrainConfig(
-            steps=6000,
+            steps=2000,
             batch_size=64,
-            lr=5e-4,
-            warmup_steps=200,
-            ema_decay=0.999,
-            checkpoint_every=1000,
-            log_every=50,
+            lr=1e-3,
+            warmup_steps=100,
+            ema_decay=0.995,
+            checkpoint_every=250,
+            log_every=25,
+            layers_per_block=1,
         ),
         preview=SamplerConfig(name="ddim", steps=50, guidance=4.0),
         sweep=SweepConfig(
             samplers=("ddim", "ddpm", "dpmpp"),
-            steps=(4, 8, 16, 20, 32, 50),
+            steps=(4, 10, 20, 50),
             guidance=(1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0),
-            n_images=512,
+            n_images=128,
             metrics=("fid", "fd_probe", "alignment"),
             batch_size=64,
+            bootstrap=100,
         ),
         primary_metric="fid",
     )
@@ -468,23 +472,35 @@ def _paper_table(root: Path) -> list[dict]:
     return table
 
 
-def dry_run(cfg: StudyConfig) -> str:
-    """The study's plan and cost without running anything: family costs of the widths, the
-    training compute, and the sweep's cells and UNet evaluations."""
+def dry_run(cfg: StudyConfig, calibrate: bool = True) -> str:
+    """The study's plan and cost without running it: family costs of the widths, the training
+    compute, the sweep's cells and UNet evaluations, and (``calibrate``) estimated hours on
+    this machine from timing each width's UNet with random weights (skipped where one timed
+    call would exceed ~300 GFLOPs: such widths belong on the target machine)."""
     from ldmscale.family import UNetSpec, count_gflops, count_params, normalized_cost
+    from ldmscale.sweep import METRIC_SECONDS_PER_IMAGE
 
     latent = cfg.resolution // cfg.autoencoder.downsampling_factor
     ctx_dim = 1024 if cfg.text_encoder.kind == "clip" else 384
+    sw = cfg.sweep
+    cells = [
+        (sampler, steps, w)
+        for sampler in sw.samplers
+        for steps in sw.steps
+        if not (sampler == "dpmpp" and steps > sw.dpmpp_max_steps)
+        for w in sw.guidance
+    ]
     lines = [f"Study {cfg.preset!r} -> {cfg.out_dir}"]
     lines.append(
         f"data: {cfg.data or 'shapes'} at {cfg.resolution} px; latent "
         f"{cfg.autoencoder.latent_channels}x{latent}x{latent}; text {cfg.text_encoder.kind} "
         f"({cfg.text_encoder.max_length} tokens)"
     )
-    lines.append(
-        f"{'c':>6} {'params':>14} {'GFLOPs/fwd':>11} {'norm cost':>10} {'train compute':>14}"
-    )
-    costs = {}
+    header = f"{'c':>6} {'params':>14} {'GFLOPs/fwd':>11} {'norm cost':>10} {'train compute':>14}"
+    lines.append(header + (f" {'est. train':>11} {'est. sweep':>11}" if calibrate else ""))
+    total_s: float | None = 0.0
+    evals_per_width = sum(sw.n_images * steps * (2 if w != 1.0 else 1) for _, steps, w in cells)
+    train_flops = sweep_flops = 0.0
     for c in cfg.widths:
         spec = UNetSpec(
             c=c,
@@ -494,20 +510,32 @@ def dry_run(cfg: StudyConfig) -> str:
             latent_size=latent,
             layers_per_block=cfg.train.layers_per_block,
         )
-        costs[c] = normalized_cost(spec)
-        lines.append(
-            f"{c:>6} {count_params(spec):>14,} {count_gflops(spec):>11.3f} {costs[c]:>10.4f} "
-            f"{costs[c] * cfg.train.steps:>14.1f}"
+        cost, params = normalized_cost(spec), count_params(spec)
+        line = (
+            f"{c:>6} {params:>14,} {count_gflops(spec):>11.3f} {cost:>10.4f} "
+            f"{cost * cfg.train.steps:>14.1f}"
         )
-    sw = cfg.sweep
-    n_cells = evals = 0
-    for sampler in sw.samplers:
-        for steps in sw.steps:
-            if sampler == "dpmpp" and steps > sw.dpmpp_max_steps:
-                continue
-            for w in sw.guidance:
-                n_cells += len(cfg.widths)
-                evals += len(cfg.widths) * sw.n_images * steps * (2 if w != 1.0 else 1)
+        dense = count_gflops(spec, "dense")
+        train_flops += 3 * dense * 1e9 * cfg.train.batch_size * cfg.train.steps
+        sweep_flops += dense * 1e9 * evals_per_width
+        work = dense * max(3 * cfg.train.batch_size, 2 * sw.batch_size)
+        if calibrate and work <= 300:
+            step_s, fwd_s = _time_unet(spec, cfg.train.batch_size, 2 * sw.batch_size)
+            train_s = step_s * cfg.train.steps
+            sweep_s = sum(
+                -(-sw.n_images // sw.batch_size) * steps * fwd_s
+                + sw.n_images * sum(METRIC_SECONDS_PER_IMAGE.get(m, 0.05) for m in sw.metrics)
+                for _, steps, _ in cells
+            )
+            line += f" {_hours(train_s):>11} {_hours(sweep_s):>11}"
+            if total_s is not None:
+                total_s += train_s + sweep_s
+        elif calibrate:
+            line += f" {'(target)':>11} {'(target)':>11}"
+            total_s = None
+        lines.append(line)
+    n_cells = len(cells) * len(cfg.widths)
+    evals = len(cfg.widths) * evals_per_width
     lines.append(
         f"training: {len(cfg.widths)} widths x {cfg.train.steps} steps at batch "
         f"{cfg.train.batch_size} ({cfg.train.batch_size * cfg.train.steps:,} images each)"
@@ -518,4 +546,54 @@ def dry_run(cfg: StudyConfig) -> str:
         f"images per cell, {evals:,} per-image UNet evaluations (CFG counted twice), "
         f"metrics {list(sw.metrics)}, executor {sw.executor}"
     )
+    lines.append(
+        f"UNet compute (dense FLOPs): training {train_flops:.3g} (3x forward per image), "
+        f"sweep {sweep_flops:.3g}; VAE, text encoder and metrics not included"
+    )
+    if calibrate and total_s is not None:
+        lines.append(
+            f"estimated on this machine: {_hours(total_s)} for training + sweep (the "
+            "autoencoder, caches, probe and report add a few minutes)"
+        )
+    elif calibrate:
+        lines.append("no full time estimate: the large widths are timed on the target machine")
     return "\n".join(lines)
+
+
+def _time_unet(spec: Any, train_batch: int, sample_batch: int) -> tuple[float, float]:
+    """Seconds of one AdamW training step at ``train_batch`` and one inference forward at
+    ``sample_batch`` (the CFG-doubled batch), random weights, best of two after a warm-up."""
+    import torch
+
+    from ldmscale.family import build_unet, unet_inputs
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        unet = build_unet(spec)
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+
+    def best_of(fn) -> float:
+        fn()
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    def step() -> None:
+        args, kwargs = unet_inputs(spec, "cpu", train_batch)
+        unet(*args, **kwargs).sample.square().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def forward() -> None:
+        args, kwargs = unet_inputs(spec, "cpu", sample_batch)
+        with torch.inference_mode():
+            unet(*args, **kwargs)
+
+    return best_of(step), best_of(forward)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
