@@ -230,6 +230,11 @@ def _err(ps: Sequence[Point]) -> Any:
     return [lower, upper]
 
 
+def _errorbar(ax: Any, x: Sequence[float], ps: Sequence[Point], ms: float, **style: Any) -> None:
+    """One series of points at ``x``, markers of size ``ms``, with their CIs as error bars."""
+    ax.errorbar(x, [p.value for p in ps], yerr=_err(ps), marker="o", ms=ms, capsize=2, **style)
+
+
 def _samplers_of(rows: Sequence[dict]) -> list[str]:
     have = {str(r["sampler"]) for r in rows}
     return [s for s in SAMPLER_ORDER if s in have] + sorted(have - set(SAMPLER_ORDER))
@@ -274,16 +279,7 @@ def fig_training(
             rs = sorted((r for r in ckpt if str(r["model"]) == m), key=train_step_of)
             ps = [pts[id(r)] for r in rs]
             x = [p.norm_cost * train_step_of(r) for p, r in zip(ps, rs)]
-            ax.errorbar(
-                x,
-                [p.value for p in ps],
-                yerr=_err(ps),
-                marker="o",
-                ms=4,
-                capsize=2,
-                color=color,
-                label=labels[m],
-            )
+            _errorbar(ax, x, ps, 4, color=color, label=labels[m])
         s, n, w = setting
         ax.set_ylabel(f"{metric} of checkpoints ({_direction_word(metric)})")
         caption = (
@@ -350,16 +346,7 @@ def fig_guidance(
             )
             if not ps:
                 continue
-            ax.errorbar(
-                [p.guidance for p in ps],
-                [p.value for p in ps],
-                yerr=_err(ps),
-                marker="o",
-                ms=3,
-                capsize=2,
-                color=colors[m],
-                label=labels[m],
-            )
+            _errorbar(ax, [p.guidance for p in ps], ps, 3, color=colors[m], label=labels[m])
             opt = (min if direction == "min" else max)(ps, key=lambda p: p.value)
             ax.plot([opt.guidance], [opt.value], "o", ms=10, mfc="none", mec="black")
         ax.set_title(f"{SAMPLER_NAMES.get(sampler, sampler)}, {steps} steps", fontsize=10)
@@ -381,16 +368,7 @@ def fig_guidance(
 
 def _plot_cost(ax, pts: Sequence[Point], labels: dict, colors: dict, frontier: bool) -> None:
     for (m, _s), ps in curves(pts).items():
-        ax.errorbar(
-            [p.sampling_cost for p in ps],
-            [p.value for p in ps],
-            yerr=_err(ps),
-            marker="o",
-            ms=4,
-            capsize=2,
-            color=colors[m],
-            label=labels[m],
-        )
+        _errorbar(ax, [p.sampling_cost for p in ps], ps, 4, color=colors[m], label=labels[m])
     if frontier:
         front = pareto_frontier(pts)
         ax.plot(
