@@ -80,24 +80,28 @@ def extract_features(
     progress: bool = False,
 ) -> np.ndarray:
     """All features of ``images`` as a float64 array ``[N, dim]``."""
-    out = [
-        extractor(b)
-        for b in tqdm(
-            iter_batches(images, batch_size),
-            desc=f"{extractor.name} features",
-            unit="batch",
-            disable=not progress,
-            total=_n_batches(images, batch_size),
-        )
-    ]
-    if not out:
-        raise MetricsError("no images given: the image set is empty")
+    out = list(_batch_features(images, extractor, batch_size, progress))
     return np.concatenate(out).astype(np.float64)
 
 
-def _n_batches(images: ImageBatches, batch_size: int) -> int | None:
+def _batch_features(
+    images: ImageBatches, extractor: FeatureExtractor, batch_size: int, progress: bool
+) -> Iterator[np.ndarray]:
+    """``extractor`` features batch by batch (a progress bar if asked); an error if empty."""
     n = count_images(images)
-    return None if n is None else -(-n // batch_size)
+    batches = tqdm(
+        iter_batches(images, batch_size),
+        desc=f"{extractor.name} features",
+        unit="batch",
+        disable=not progress,
+        total=None if n is None else -(-n // batch_size),
+    )
+    empty = True
+    for b in batches:
+        empty = False
+        yield extractor(b)
+    if empty:
+        raise MetricsError("no images given: the image set is empty")
 
 
 class FeatureStats:
@@ -184,16 +188,8 @@ def compute_stats(
 ) -> FeatureStats:
     """Streaming statistics of ``extractor`` features over ``images`` (never holds all features)."""
     stats = FeatureStats(extractor.dim)
-    for b in tqdm(
-        iter_batches(images, batch_size),
-        desc=f"{extractor.name} features",
-        unit="batch",
-        disable=not progress,
-        total=_n_batches(images, batch_size),
-    ):
-        stats.update(extractor(b))
-    if stats.n == 0:
-        raise MetricsError("no images given: the image set is empty")
+    for features in _batch_features(images, extractor, batch_size, progress):
+        stats.update(features)
     return stats
 
 
