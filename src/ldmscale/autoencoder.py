@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ldmscale.config import Config, ConfigError
+from ldmscale.data.dataset import stack_images
 from ldmscale.io import atomic_path, hash_json
 
 TRAINING_JSON = "training.json"
@@ -132,10 +133,6 @@ def build_autoencoder(cfg: AutoencoderConfig) -> Any:
     )
 
 
-def _collate(records: list[Any]) -> torch.Tensor:
-    return torch.stack([r.image for r in records])
-
-
 def _image_batches(
     dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, limit: int | None = None
 ) -> Iterator[torch.Tensor]:
@@ -145,7 +142,7 @@ def _image_batches(
         dataset = torch.utils.data.Subset(dataset, range(limit))
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=_collate
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=stack_images
     )
     yield from loader
 

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ldmscale.autoencoder import load_autoencoder, vae_fingerprint
+from ldmscale.data.dataset import stack_images
 from ldmscale.io import atomic_path, hash_json
 from ldmscale.text import (
     TextEncoder,
@@ -67,10 +68,6 @@ def embedding_cache_path(
     )
 
 
-def _collate(records: list[Any]) -> torch.Tensor:
-    return torch.stack([r.image for r in records])
-
-
 @torch.no_grad()
 def build_latent_cache(
     dataset: Any,
@@ -90,7 +87,7 @@ def build_latent_cache(
     vae.eval()
     device = next(vae.parameters()).device
     means, stds = [], []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=stack_images)
     for x in tqdm(loader, total=math.ceil(n / batch_size), desc="latents", disable=not progress):
         dist = vae.encode(x.to(device)).latent_dist
         means.append(dist.mean.float().cpu())

@@ -45,6 +45,11 @@ class Record(NamedTuple):
     attributes: dict[str, Any] | None
 
 
+def stack_images(records: list[Record]) -> torch.Tensor:
+    """DataLoader ``collate_fn`` for images only: the records' images as ``[B, 3, H, W]``."""
+    return torch.stack([r.image for r in records])
+
+
 def decode_image(data: bytes, resolution: int) -> np.ndarray:
     """Decode image bytes to uint8 RGB ``[resolution, resolution, 3]`` (shorter side resize, centre crop).
 
@@ -161,7 +166,7 @@ class ImageCaptionDataset(Dataset):
         """DataLoader ``collate_fn``: ``{"keys", "images" [B,3,H,W], "captions", "attributes"}``."""
         return {
             "keys": [r.key for r in records],
-            "images": torch.stack([r.image for r in records]),
+            "images": stack_images(records),
             "captions": [r.caption for r in records],
             "attributes": [r.attributes for r in records],
         }
