@@ -26,10 +26,11 @@ import torch
 
 
 def build_sd_folder(root: Path, c: int, latent: int, ctx_len: int, ctx_dim: int) -> Path:
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from ldmscale.family import UNetSpec, build_unet
+    from ldmscale.objectives import make_noise_scheduler
 
     torch.manual_seed(0)
     unet = build_unet(UNetSpec(c=c, context_dim=ctx_dim, context_len=ctx_len, latent_size=latent))
@@ -60,13 +61,7 @@ def build_sd_folder(root: Path, c: int, latent: int, ctx_len: int, ctx_dim: int)
             max_position_embeddings=ctx_len,
         )
     )
-    sched = DDPMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        steps_offset=1,
-    )
+    sched = make_noise_scheduler()  # SD's training schedule, as the trainer exports it
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text,
