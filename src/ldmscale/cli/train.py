@@ -39,7 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", type=Path, help="TrainConfig as .toml or .json")
     for flag, (name, tp) in OVERRIDES.items():
-        p.add_argument(flag, dest=f"ov_{name}", type=tp, default=None, help=f"override {name}")
+        p.add_argument(
+            flag,
+            dest=f"ov_{name}",
+            metavar=name.upper(),
+            type=tp,
+            default=None,
+            help=f"override {name}",
+        )
     p.add_argument(
         "--overwrite",
         action="store_true",
