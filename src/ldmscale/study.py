@@ -478,18 +478,12 @@ def dry_run(cfg: StudyConfig, calibrate: bool = True) -> str:
     this machine from timing each width's UNet with random weights (skipped where one timed
     call would exceed ~300 GFLOPs: such widths belong on the target machine)."""
     from ldmscale.family import UNetSpec, count_gflops, count_params, normalized_cost
-    from ldmscale.sweep import METRIC_SECONDS_PER_IMAGE
+    from ldmscale.sweep import METRIC_SECONDS_PER_IMAGE, grid_settings
 
     latent = cfg.resolution // cfg.autoencoder.downsampling_factor
     ctx_dim = 1024 if cfg.text_encoder.kind == "clip" else 384
     sw = cfg.sweep
-    cells = [
-        (sampler, steps, w)
-        for sampler in sw.samplers
-        for steps in sw.steps
-        if not (sampler == "dpmpp" and steps > sw.dpmpp_max_steps)
-        for w in sw.guidance
-    ]
+    cells = grid_settings(sw)
     lines = [f"Study {cfg.preset!r} -> {cfg.out_dir}"]
     lines.append(
         f"data: {cfg.data or 'shapes'} at {cfg.resolution} px; latent "

@@ -410,6 +410,18 @@ def resolve(cfg: SweepConfig) -> SweepContext:
     return SweepContext(models, prompts, seeds, metric_protocol(cfg, source), cfg.batch_size)
 
 
+def grid_settings(cfg: SweepConfig) -> list[tuple[str, int, float]]:
+    """Every (sampler, steps, guidance) of one model's grid, in plan order; DPM-Solver++
+    settings above ``dpmpp_max_steps`` are left out (the paper stops it at 20 steps)."""
+    return [
+        (sampler, steps, g)
+        for sampler in cfg.samplers
+        for steps in sorted({int(s) for s in cfg.steps})
+        if not (sampler == "dpmpp" and steps > cfg.dpmpp_max_steps)
+        for g in sorted({float(g) for g in cfg.guidance})
+    ]
+
+
 def plan_sweep(cfg: SweepConfig, context: SweepContext | None = None) -> Plan:
     """All cells of the grid, grouped by model (so a worker loads each model once)."""
     ctx = context or resolve(cfg)
@@ -421,13 +433,10 @@ def plan_sweep(cfg: SweepConfig, context: SweepContext | None = None) -> Plan:
             f"DPM-Solver++ cells with {skipped_dpmpp} steps skipped: the solver is meant for "
             f"<= {cfg.dpmpp_max_steps} steps (as in the paper); raise dpmpp_max_steps to keep them"
         )
+    settings = grid_settings(cfg)
     for model in ctx.models:
-        for sampler in cfg.samplers:
-            for steps in sorted({int(s) for s in cfg.steps}):
-                if sampler == "dpmpp" and steps > cfg.dpmpp_max_steps:
-                    continue
-                for g in sorted({float(g) for g in cfg.guidance}):
-                    cells.append(ctx.cell(model, sampler, steps, g, cfg.n_images))
+        for sampler, steps, g in settings:
+            cells.append(ctx.cell(model, sampler, steps, g, cfg.n_images))
     seen: set[str] = set()
     unique = []
     for c in cells:
