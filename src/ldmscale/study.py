@@ -163,7 +163,8 @@ def _tiny() -> StudyConfig:
 
 def _small() -> StudyConfig:
     # Sized from measured speeds on 2 CPU cores (training c=8..32 at 3-6 steps/s, Inception at
-    # ~8 images/s): ~50 min of training, ~2 h of sweep (352 cells x 128 images, FID dominating).
+    # ~11 images/s): ~30 min of training, ~50 min of sweep (352 cells x 64 images, FID
+    # dominating); see docs/study.md for the measured run. n_images=128 roughly doubles the sweep.
     return StudyConfig(
         out_dir="outputs/study-small",
         preset="small",
@@ -188,7 +189,7 @@ def _small() -> StudyConfig:
             samplers=("ddim", "ddpm", "dpmpp"),
             steps=(4, 10, 20, 50),
             guidance=(1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0),
-            n_images=128,
+            n_images=64,
             metrics=("fid", "fd_probe", "alignment"),
             batch_size=64,
             bootstrap=100,

@@ -45,8 +45,8 @@ PAPER_GUIDANCE = (1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
 #: Rough metric cost in seconds per generated image on 2 CPU cores, for ``--dry-run``
 #: (Inception FID ~8 img/s and EfficientNet ~22 img/s measured here; the others are guesses).
 METRIC_SECONDS_PER_IMAGE = {
-    "fid": 1 / 8,
-    "fd_inception": 1 / 8,
+    "fid": 1 / 10,
+    "fd_inception": 1 / 10,
     "fd_effnet": 1 / 22,
     "fd_probe": 1 / 200,
     "alignment": 1 / 100,

@@ -124,7 +124,9 @@ class InceptionFeatures:
         import torch
 
         x = resize_tf1_bilinear(to_float_nchw(batch), self.size)
-        x = (x - 128.0) / 128.0
+        # channels_last: oneDNN's preferred conv layout; 1.3x faster on a 2-core Xeon (batch
+        # 64: 7.9 -> 10.3 images/s), features equal to 4e-6 (benchmarks/bench_metrics.py).
+        x = ((x - 128.0) / 128.0).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             f = self.net(x)
         return f.double().numpy()
