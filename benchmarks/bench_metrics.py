@@ -48,8 +48,10 @@ def main() -> None:
     rate = {k: args.batch / statistics.median(v) for k, v in times.items()}
     diff = (feats["channels_last"] - feats["contiguous"]).abs().max().item()
     scale = feats["contiguous"].abs().max().item()
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{args.threads} threads, batch {args.batch}, {args.size} px -> 299 px")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{args.threads} threads, batch {args.batch}, {args.size} px -> 299 px"
+    )
     for k, v in rate.items():
         print(f"{k:>14}: {v:6.2f} images/s")
     print(f"channels_last / contiguous speed: {rate['channels_last'] / rate['contiguous']:.2f}x")
