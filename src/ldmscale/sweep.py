@@ -82,6 +82,10 @@ class SweepConfig(Config):
         config is part of the metric protocol, so changing it makes new cells).
     clip_model: a local transformers CLIP folder for ``clip_score`` (raw cosine, the paper's
         ~0.31 scale); nothing is downloaded.
+    rows_dir: a folder keeping every scored image's metric rows (:mod:`ldmscale.rowcache`), so
+        that a cell with more images (a larger ``n_images``, the adaptive search's next round)
+        samples only the images it lacks. None: off (the adaptive search then uses
+        ``<store>.rows``). Rows are float64: 16 KB per image for Inception, 2 KB for the probe.
     """
 
     models: tuple[str, ...] = ()
@@ -105,6 +109,7 @@ class SweepConfig(Config):
     store: str = "results.sqlite"
     probe_steps: int = 600
     clip_model: str | None = None
+    rows_dir: str | None = None
 
     def __post_init__(self) -> None:
         bad = [s for s in self.samplers if s not in SAMPLERS]
@@ -239,6 +244,7 @@ class Cell:
     seeds: tuple[int, ...]
     protocol: dict = field(compare=False)
     batch_size: int = 16
+    rows_dir: str | None = field(default=None, compare=False)  # how it runs, not what it is
 
     @property
     def n_images(self) -> int:
@@ -262,6 +268,13 @@ class Cell:
     @property
     def sampler_config(self) -> dict[str, Any]:
         return {"name": self.sampler, "steps": self.steps, "guidance": self.guidance}
+
+    @property
+    def family(self) -> str:
+        """The row-cache key: the cell without its image count (:mod:`ldmscale.rowcache`)."""
+        from ldmscale.rowcache import family_key
+
+        return family_key(self.model.hash, self.sampler_config, self.protocol)
 
     @property
     def cell_id(self) -> str:
@@ -316,6 +329,7 @@ class SweepContext:
     seeds: tuple[int, ...]
     protocol: dict
     batch_size: int
+    rows_dir: str | None = None
 
     def cell(
         self, model: ModelInfo, sampler: str, steps: int, guidance: float, n_images: int
@@ -331,6 +345,7 @@ class SweepContext:
             seeds=self.seeds[:n_images],
             protocol=self.protocol,
             batch_size=self.batch_size,
+            rows_dir=self.rows_dir,
         )
 
 
@@ -407,7 +422,9 @@ def resolve(cfg: SweepConfig) -> SweepContext:
     models = [describe_model(p) for p in cfg.models]
     prompts, source = load_prompts(cfg)
     seeds = tuple(range(cfg.seed0, cfg.seed0 + cfg.n_images))
-    return SweepContext(models, prompts, seeds, metric_protocol(cfg, source), cfg.batch_size)
+    return SweepContext(
+        models, prompts, seeds, metric_protocol(cfg, source), cfg.batch_size, cfg.rows_dir
+    )
 
 
 def grid_settings(cfg: SweepConfig) -> list[tuple[str, int, float]]:
@@ -797,26 +814,54 @@ def _load_model_cached(model: ModelInfo) -> Any:
 def evaluate_cell(cell: Cell) -> CellResult:
     """The built-in evaluator: sample the cell with per-image seeds
     (``ldmscale.sampling.generate``), score the images with the protocol's metrics, and attach
-    percentile bootstrap CIs over the generated images."""
+    percentile bootstrap CIs over the generated images.
+
+    With ``cell.rows_dir`` set, the leading images already scored for the cell's family (same
+    model, sampler config and protocol, any image count) are reused from the row cache and only
+    the rest are sampled; ``extra["reused_images"]`` says how many.
+    """
+    from ldmscale import rowcache
     from ldmscale.sampling import SamplerConfig, generate
 
     t0 = time.perf_counter()
-    model = _load_model_cached(cell.model)
-    cfg = SamplerConfig(name=cell.sampler, steps=cell.steps, guidance=cell.guidance)
-    result = generate(
-        model, list(cell.prompts), list(cell.seeds), cfg, batch_size=cell.batch_size, progress=False
-    )
-    metrics, extra = compute_metrics(
-        result.images, list(cell.prompts), cell.protocol, seed=cell.seeds[0]
-    )
-    flops = getattr(result, "flops", None)
+    n = cell.n_images
+    cached = rowcache.load_rows(cell.rows_dir, cell.family) if cell.rows_dir else None
+    m = rowcache.reusable(cached, cell.prompts, cell.seeds)
+    rows = cached
+    if m < n:
+        model = _load_model_cached(cell.model)
+        cfg = SamplerConfig(name=cell.sampler, steps=cell.steps, guidance=cell.guidance)
+        prompts, seeds = list(cell.prompts[m:]), list(cell.seeds[m:])
+        result = generate(model, prompts, seeds, cfg, batch_size=cell.batch_size, progress=False)
+        new_rows, fingerprints = metric_rows(result.images, prompts, cell.protocol)
+        meta = {
+            "nfe": float(result.nfe),
+            "flops_per_image": float(result.flops) / len(seeds),
+            "norm_cost": float(model.norm_cost),
+            "sampling_cost": float(result.sampling_cost),
+            "feature_networks": fingerprints,
+        }
+        new = rowcache.CachedRows(
+            np.asarray(seeds, np.int64), rowcache.prompt_keys(prompts), new_rows, meta
+        )
+        rows = rowcache.extend(cached, m, new)
+        if cell.rows_dir and (cached is None or len(rows) > len(cached) or m < len(cached)):
+            rowcache.save_rows(cell.rows_dir, cell.family, rows)
+    assert rows is not None
+    cell_rows = {k: v[:n] for k, v in rows.rows.items()}
+    metrics = score_rows(cell_rows, cell.protocol, seed=cell.seeds[0])
+    meta = rows.meta
     return CellResult(
         metrics=metrics,
-        nfe=float(result.nfe),
-        flops=None if flops is None else float(flops),
-        norm_cost=float(model.norm_cost),
+        nfe=meta["nfe"],
+        flops=meta["flops_per_image"],
+        norm_cost=meta["norm_cost"],
         wall_s=time.perf_counter() - t0,
-        extra={"sampling_cost": getattr(result, "sampling_cost", None), **extra},
+        extra={
+            "sampling_cost": meta["sampling_cost"],
+            "feature_networks": meta["feature_networks"],
+            **({"reused_images": m} if cell.rows_dir else {}),
+        },
     )
 
 
@@ -839,7 +884,7 @@ def compute_metrics(
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Score uint8 images ``[N, H, W, 3]`` with the protocol's metrics.
 
-    Returns ``({name: {"value", "lo", "hi", "n"}}, {"feature networks": fingerprints})``; the
+    Returns ``({name: {"value", "lo", "hi", "n"}}, {"feature_networks": fingerprints})``; the
     CI is a percentile bootstrap over the generated images (reference held fixed), with
     ``protocol["bootstrap"]`` resamples at ``protocol["ci_level"]``.
 
@@ -849,19 +894,56 @@ def compute_metrics(
     ``alignment`` (fraction of images whose probe read-out matches the caption; shapes only),
     ``clip_score`` (raw CLIP cosine of image and prompt; needs ``protocol["clip_model"]``).
     """
-    from ldmscale.metrics.bootstrap import bootstrap_ci
+    rows, fingerprints = metric_rows(images, prompts, protocol)
+    return score_rows(rows, protocol, seed), {"feature_networks": fingerprints}
+
+
+def metric_rows(
+    images: np.ndarray, prompts: list[str], protocol: dict[str, Any]
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Per-image rows of each metric (features ``[N, D]`` or values ``[N]``, float64) and the
+    fingerprint of the network behind each; see :func:`compute_metrics` for the metrics."""
     from ldmscale.metrics.common import extract_features
+
+    rows: dict[str, np.ndarray] = {}
+    fingerprints: dict[str, str] = {}
+    for name in protocol["metrics"]:
+        if name in FEATURE_METRICS:
+            extractor, _ = _reference(name, protocol)
+            fingerprints[name] = extractor.fingerprint()
+            rows[name] = extract_features(images, extractor)
+        elif name == "alignment":
+            from ldmscale.metrics.alignment import text_alignment
+
+            probe = _probe(protocol)
+            fingerprints[name] = probe.fingerprint()
+            rows[name] = text_alignment(images, probe, captions=prompts).hits.astype(np.float64)
+        elif name == "clip_score":
+            from ldmscale.metrics.clip_score import clip_score
+
+            clip_model = _clip_model(protocol)
+            rows[name] = clip_score(images, prompts, clip_model).per_image
+            fingerprints[name] = clip_model
+        else:
+            raise SweepError(f"unknown metric {name!r}; known metrics: {list(KNOWN_METRICS)}")
+    return rows, fingerprints
+
+
+def score_rows(
+    rows: dict[str, np.ndarray], protocol: dict[str, Any], seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Each metric's value with its bootstrap CI over the images, from :func:`metric_rows`."""
+    from ldmscale.metrics.bootstrap import bootstrap_ci
     from ldmscale.metrics.frechet import frechet_distance_features
 
     n_boot = int(protocol.get("bootstrap", 0))
     alpha = 1.0 - float(protocol.get("ci_level", 0.95))
     out: dict[str, dict[str, float]] = {}
-    fingerprints: dict[str, str] = {}
     for name in protocol["metrics"]:
+        r = rows[name]
+        ref = None
         if name in FEATURE_METRICS:
-            extractor, ref = _reference(name, protocol)
-            fingerprints[name] = extractor.fingerprint()
-            rows = extract_features(images, extractor)
+            _, ref = _reference(name, protocol)
             if name == "kid":
                 from ldmscale.metrics.kid import kid
 
@@ -869,31 +951,17 @@ def compute_metrics(
                     return kid(f, ref.features, seed=seed).mean
             else:
                 statistic = fast_frechet(ref.stats.mean, ref.stats.cov)
-        elif name == "alignment":
-            from ldmscale.metrics.alignment import text_alignment
-
-            probe = _probe(protocol)
-            fingerprints[name] = probe.fingerprint()
-            rows = text_alignment(images, probe, captions=prompts).hits.astype(np.float64)
-            statistic = np.mean
-        elif name == "clip_score":
-            from ldmscale.metrics.clip_score import clip_score
-
-            clip_model = _clip_model(protocol)
-            rows = clip_score(images, prompts, clip_model).per_image
-            fingerprints[name] = clip_model
-            statistic = np.mean
         else:
-            raise SweepError(f"unknown metric {name!r}; known metrics: {list(KNOWN_METRICS)}")
-        if n_boot >= 2 and len(rows) >= 2:
-            ci = bootstrap_ci(rows, statistic, n_boot=n_boot, seed=seed, alpha=alpha)
+            statistic = np.mean
+        if n_boot >= 2 and len(r) >= 2:
+            ci = bootstrap_ci(r, statistic, n_boot=n_boot, seed=seed, alpha=alpha)
             value, lo, hi = ci.estimate, ci.low, ci.high
         else:
-            value = lo = hi = float(statistic(rows))
-        if name != "kid" and name in FEATURE_METRICS:  # the point value by the metrics module
-            value = frechet_distance_features(rows, ref.stats)
-        out[name] = {"value": value, "lo": lo, "hi": hi, "n": int(len(images))}
-    return out, {"feature_networks": fingerprints}
+            value = lo = hi = float(statistic(r))
+        if ref is not None and name != "kid":  # the point value by the metrics module
+            value = frechet_distance_features(r, ref.stats)
+        out[name] = {"value": value, "lo": lo, "hi": hi, "n": int(len(r))}
+    return out
 
 
 def fast_frechet(ref_mean: np.ndarray, ref_cov: np.ndarray) -> Callable[[np.ndarray], float]:
