@@ -9,6 +9,7 @@ so that subprocesses (the kill-and-resume test) and Ray workers can run it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -556,7 +557,6 @@ def test_cli_run_adaptive_and_export(models, tmp_path, capsys):
 
 
 def test_cell_row_takes_norm_cost_from_result_when_model_lacks_it(models, tmp_path):
-    import dataclasses
 
     cell = plan_sweep(small_cfg(models, tmp_path)).cells[0]
     cell = dataclasses.replace(cell, model=dataclasses.replace(cell.model, norm_cost=None))
@@ -611,6 +611,29 @@ def test_evaluate_cell_samples_and_scores_for_real(tmp_path, tiny_shapes, tiny_s
     assert again.metrics["fd_probe"]["value"] == pytest.approx(
         stored["fd_probe"]["value"], rel=1e-3
     )
+    # the row cache: a 4-image cell after a 2-image one samples only images 2 and 3, and scores
+    # like the uncached cell; a second 4-image evaluation samples nothing
+    rows_dir = str(tmp_path / "rows")
+    cached = dataclasses.replace(cell, rows_dir=rows_dir)
+    half = plan_sweep(cfg).context.cell(cell.model, "ddim", 2, 3.0, 2)
+    first = evaluate_cell(dataclasses.replace(half, rows_dir=rows_dir))
+    assert first.extra["reused_images"] == 0 and first.metrics["fd_probe"]["n"] == 2
+    grown = evaluate_cell(cached)
+    assert grown.extra["reused_images"] == 2 and grown.metrics["fd_probe"]["n"] == 4
+    assert grown.metrics["alignment"]["value"] == stored["alignment"]["value"]
+    assert grown.metrics["fd_probe"]["value"] == pytest.approx(
+        stored["fd_probe"]["value"], rel=1e-3
+    )
+    assert grown.flops == pytest.approx(by_w[("ddim", 3.0)]["flops"])
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a fully cached cell must not sample")
+
+    monkeypatch.setattr("ldmscale.sampling.generate", no_sampling)
+    repeat = evaluate_cell(cached)
+    assert repeat.extra["reused_images"] == 4
+    assert repeat.metrics["fd_probe"]["value"] == grown.metrics["fd_probe"]["value"]
+    assert repeat.nfe == grown.nfe and repeat.norm_cost == grown.norm_cost
 
 
 def test_sweep_with_clip_score(tmp_path, tiny_sd_dir, tiny_clip_model_dir):
