@@ -30,6 +30,7 @@ from ldmscale.adaptive import (
     adaptive_search,
     best_window,
     schedule,
+    schedule_cost,
     search_guidance,
 )
 from ldmscale.family import build_unet
@@ -404,10 +405,17 @@ GRID = [1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
 
 
 def test_schedule_and_window():
-    assert schedule(8, 256) == [(8, 32), (4, 64), (2, 128)]
-    assert sum(m * n for m, n in schedule(8, 256)) / (8 * 256) == 0.375
-    assert schedule(8, 32, n_min=8) == [(8, 8), (4, 8), (2, 16)]
-    assert schedule(1, 64) == [(1, 32)]
+    # first round N/8, last round N, the middle geometric and trimmed to the 40 % budget
+    assert schedule(8, 256) == [(8, 32), (4, 89), (2, 256)]
+    assert schedule_cost(schedule(8, 256)) == 8 * 32 + 4 * 57 + 2 * 167 <= 0.4 * 8 * 256
+    assert schedule(8, 64) == [(8, 8), (4, 22), (2, 64)]
+    assert schedule_cost(schedule(8, 64)) == 204
+    assert schedule_cost(schedule(8, 64, budget=0.37)) <= 0.37 * 8 * 64
+    # a budget below what the first and last rounds need: the middle shrinks to the first
+    assert schedule(8, 64, budget=0.3) == [(8, 8), (4, 8), (2, 64)]
+    assert schedule(8, 32, n_min=8) == [(8, 8), (4, 8), (2, 32)]  # n_min wins over the budget
+    assert schedule(1, 64) == [(1, 64)]
+    assert schedule(8, 64, keep=0.25) == [(8, 8), (2, 64)]
     assert best_window([5, 1, 2, 9], 2) == 1
     assert best_window([3, 2, 2, 3], 2) == 1  # first of equal windows
 
@@ -416,7 +424,7 @@ def test_search_guidance_exact_on_noiseless_unimodal_curves():
     for g_star in GRID:
         s = search_guidance(GRID, lambda g, n, gs=g_star: (math.log(g) - math.log(gs)) ** 2, 256)
         assert s.choice == g_star
-        assert s.images == 3 * 256
+        assert s.images == schedule_cost(schedule(8, 256))
 
 
 def synthetic_groups(noise: float, groups: int, n_images: int = 256, seed: int = 0):
@@ -471,26 +479,31 @@ def test_adaptive_search_writes_store_and_finds_optima(models, tmp_path):
         res = adaptive_search(cfg, store, synthetic_evaluate, AdaptiveConfig(), progress=False)
         rows = store.rows()
         assert res.computed == len(rows) == 4 * (8 + 4 + 2)
-        assert sorted({r["n_images"] for r in rows}) == [8, 16, 32]
-        assert res.images == 4 * (8 * 8 + 4 * 16 + 2 * 32)
-        assert res.grid_images == 4 * 8 * 64 and res.fraction == 0.375
+        assert sorted({r["n_images"] for r in rows}) == [8, 22, 64]
+        assert res.images == 4 * (8 * 8 + 4 * 14 + 2 * 42)  # survivors keep their images
+        assert res.grid_images == 4 * 8 * 64 and res.fraction == 204 / 512
         for ch in res.choices:
             c = 8 if ch["model"] == "c8" else 16
             truth = min(
                 GRID, key=lambda g, c=c, ch=ch: abs(math.log(g / true_optimum(c, ch["steps"])))
             )
             assert abs(GRID.index(ch["guidance"]) - GRID.index(truth)) <= 1
-            assert ch["n_images"] == 32 and ch["metric"] == "fd_probe"
+            assert ch["n_images"] == 64 and ch["metric"] == "fd_probe"
         # rerun: everything is in the store, nothing recomputed, same choices
         again = adaptive_search(cfg, store, synthetic_evaluate, progress=False)
         assert again.computed == 0
         assert [c["guidance"] for c in again.choices] == [c["guidance"] for c in res.choices]
-        # confirm: one full-N cell per group on top
-        conf = adaptive_search(
-            cfg, store, synthetic_evaluate, AdaptiveConfig(confirm=True), progress=False
-        )
-        assert conf.computed == 4 and all(c["n_images"] == 64 for c in conf.choices)
-        assert conf.fraction == 0.5
+        # the winner's value is its full-N cell, the one the grid would store
+        for ch in res.choices:
+            full = [
+                r
+                for r in rows
+                if r["n_images"] == 64
+                and r["guidance"] == ch["guidance"]
+                and r["model"] == ch["model"]
+                and r["steps"] == ch["steps"]
+            ]
+            assert len(full) == 1 and full[0]["metrics"]["fd_probe"]["value"] == ch["value"]
         # a higher-is-better metric is maximized
         best_align = adaptive_search(
             cfg, store, synthetic_evaluate, AdaptiveConfig(metric="alignment"), progress=False

@@ -1,24 +1,30 @@
 """Adaptive guidance search: each (model, sampler, steps) group's best CFG scale with far fewer
 images than the full grid.
 
-Algorithm (successive halving over image counts, restricted to contiguous windows): the
-quality-vs-guidance curve is roughly unimodal (too little guidance: incoherent images; too
-much: saturated ones), so the optimum of a sorted guidance grid lies in a contiguous run of
-it. Round 0 evaluates all ``K`` grid scales with ``n_0`` images each; every round then keeps
-the contiguous window of ``ceil(keep * m)`` of its ``m`` candidates whose summed score is best
-(a window sum is a local average, much less noisy than one point), and doubles the images,
-until one candidate is left. Image counts are scheduled so that the last evaluated round uses
-``n_images / 2``; with K = 8 and keep = 1/2 the rounds are 8 x N/8, 4 x N/4, 2 x N/2 images,
-i.e. 3N = 37.5 % of the grid's 8N. ``confirm=True`` also evaluates the winner at the full
-``n_images`` (+N, 50 % in total) so it has a full-size row in the store.
+Algorithm (successive halving over image counts, restricted to contiguous windows, with image
+reuse): the quality-vs-guidance curve is roughly unimodal (too little guidance: incoherent
+images; too much: saturated ones), so the optimum of a sorted guidance grid lies in a contiguous
+run of it. Round 0 scores all ``K`` grid scales on ``first * N`` images each; every round keeps
+the contiguous window of ``ceil(keep * m)`` of its ``m`` candidates whose summed score is best (a
+window sum is a local average, much less noisy than one point) and grows their image count, and
+the last round scores the final candidates on the full ``N`` and picks the best.
 
-Every evaluated cell is written to the results store with its own ``n_images`` (the cells of a
-smaller N use the first ``n`` prompts and seeds of the sweep), so a killed search resumes from
-the store like a sweep, and its cells are ordinary rows for the frontier.
+Images are reused, not resampled: a cell of ``n`` images is the first ``n`` prompts and seeds of
+the sweep, and the row cache (:mod:`ldmscale.rowcache`, ``<store>.rows`` unless the sweep sets
+``rows_dir``) keeps every scored image, so growing a candidate from ``n`` to ``n'`` images
+samples only ``n' - n``. The last round's cells are the grid's own full-N cells (found in the
+store if the grid was run). Image counts between the first and the last round grow
+geometrically, capped so that the whole search costs at most ``budget`` of the grid's images:
+with K = 8, keep = 1/2 and N = 64 the rounds are 8 x 8, 4 x 22 and 2 x 64 images, 204 new
+images (39.8 % of the grid's 512).
+
+Every evaluated cell is written to the results store with its own ``n_images``, so a killed
+search resumes from the store like a sweep, and its cells are ordinary rows for the frontier.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,37 +38,67 @@ from ldmscale.sweep import Evaluator, SweepConfig, SweepError, plan_sweep, run_c
 @dataclass
 class AdaptiveConfig(Config):
     """metric: the metric optimized (default: the sweep's first metric; direction from its name).
-    keep: fraction of candidates kept per round (a contiguous window). n_min: smallest image
-    count evaluated (images per cell never go below it). confirm: evaluate the winner at the
-    sweep's full ``n_images``."""
+    keep: fraction of candidates kept per round (a contiguous window). first: fraction of the
+    sweep's ``n_images`` scored per scale in round 0 (never below ``n_min`` images). budget: the
+    most new images the search may spend, as a fraction of the full grid's."""
 
     metric: str | None = None
     keep: float = 0.5
+    first: float = 0.125
     n_min: int = 8
-    confirm: bool = False
+    budget: float = 0.4
 
     def __post_init__(self) -> None:
         if not 0 < self.keep < 1:
             raise ConfigError(f"AdaptiveConfig.keep must be in (0, 1), got {self.keep}")
+        if not 0 < self.first <= 1:
+            raise ConfigError(f"AdaptiveConfig.first must be in (0, 1], got {self.first}")
         if self.n_min < 1:
             raise ConfigError(f"AdaptiveConfig.n_min must be >= 1, got {self.n_min}")
+        if not 0 < self.budget <= 1:
+            raise ConfigError(f"AdaptiveConfig.budget must be in (0, 1], got {self.budget}")
 
 
-def schedule(k: int, n_images: int, keep: float = 0.5, n_min: int = 8) -> list[tuple[int, int]]:
+def schedule_cost(rounds: Sequence[tuple[int, int]]) -> int:
+    """New images a schedule samples when each round's survivors keep their earlier images."""
+    cost, prev = 0, 0
+    for m, n in rounds:
+        cost += m * (n - prev)
+        prev = n
+    return cost
+
+
+def schedule(
+    k: int,
+    n_images: int,
+    keep: float = 0.5,
+    n_min: int = 8,
+    first: float = 0.125,
+    budget: float = 0.4,
+) -> list[tuple[int, int]]:
     """``[(candidates, images per candidate), ...]`` for each evaluated round of a grid of ``k``.
 
-    The last round uses ``n_images / 2``; earlier rounds halve that per round back to the first,
-    never below ``n_min`` (nor above ``n_images``).
+    The first round scores ``first * n_images`` images per candidate (at least ``n_min``), the
+    last ``n_images``; the rounds between grow geometrically and are trimmed, largest first,
+    until the search's new images (:func:`schedule_cost`) fit in ``budget`` of the grid's
+    ``k * n_images`` (when the first and last rounds alone exceed it, they are kept anyway).
     """
     sizes = [k]
     while sizes[-1] > 1:
         sizes.append(max(1, math.ceil(sizes[-1] * keep)))
     rounds = sizes[:-1] or [1]
+    if len(rounds) == 1:
+        return [(rounds[0], n_images)]
+    n0 = min(n_images, max(n_min, round(first * n_images)))
     last = len(rounds) - 1
-    return [
-        (m, min(n_images, max(n_min, n_images // 2 ** (last - r + 1))))
-        for r, m in enumerate(rounds)
-    ]
+    ns = [int(n0 * (n_images / n0) ** (r / last)) for r in range(last)] + [n_images]
+    limit = budget * k * n_images
+    while schedule_cost(list(zip(rounds, ns, strict=True))) > limit:
+        inner = [r for r in range(1, last) if ns[r] > ns[r - 1]]
+        if not inner:
+            break
+        ns[max(inner, key=lambda r: ns[r])] -= 1
+    return list(zip(rounds, ns, strict=True))
 
 
 def best_window(scores: Sequence[float], width: int) -> int:
@@ -76,13 +112,16 @@ class GroupSearch:
     """The search state of one group over a sorted guidance grid (lower score = better).
 
     Drive it with ``requests()`` -> evaluate each (guidance, n) -> ``tell(scores)``, until
-    ``done``; then ``choice`` is the selected guidance and ``images`` the images spent.
+    ``done``; then ``choice`` is the selected guidance and ``images`` the new images spent (a
+    candidate grown from ``n`` to ``n'`` images costs ``n' - n``).
     """
 
     grid: list[float]
     n_images: int
     keep: float = 0.5
     n_min: int = 8
+    first: float = 0.125
+    budget: float = 0.4
     candidates: list[float] = field(init=False)
     round: int = field(init=False, default=0)
     images: int = field(init=False, default=0)
@@ -93,11 +132,14 @@ class GroupSearch:
         if not self.grid:
             raise SweepError("adaptive search needs at least one guidance scale")
         self.candidates = list(self.grid)
-        self._schedule = schedule(len(self.grid), self.n_images, self.keep, self.n_min)
+        self._schedule = schedule(
+            len(self.grid), self.n_images, self.keep, self.n_min, self.first, self.budget
+        )
+        self._have = dict.fromkeys(self.grid, 0)
 
     @property
     def done(self) -> bool:
-        return len(self.candidates) == 1 and (len(self.grid) > 1 or self.round > 0)
+        return self.round >= len(self._schedule)
 
     @property
     def choice(self) -> float:
@@ -118,42 +160,32 @@ class GroupSearch:
         if len(scores) != len(self.candidates):
             raise SweepError(f"expected {len(self.candidates)} scores, got {len(scores)}")
         n = self.n_now
-        self.images += n * len(self.candidates)
+        for g in self.candidates:
+            self.images += max(0, n - self._have[g])
+            self._have[g] = max(n, self._have[g])
         self.trace.append(
             {"n": n, "guidance": list(self.candidates), "scores": [float(s) for s in scores]}
         )
-        width = max(1, math.ceil(len(self.candidates) * self.keep))
-        start = best_window(self.pooled_scores(), width)
-        self.candidates = self.candidates[start : start + width]
         self.round += 1
-
-    def pooled_scores(self) -> list[float]:
-        """Each current candidate's score pooled over every round that evaluated it.
-
-        Per round, scores are centred on that round's mean over the current candidates (which
-        cancels the small-N bias that FID-like metrics share across a round), then averaged
-        with weights n (inverse variance): later rounds count more, earlier ones still help.
-        """
-        total = [0.0] * len(self.candidates)
-        weight = 0.0
-        for t in self.trace:
-            vals = [t["scores"][t["guidance"].index(g)] for g in self.candidates]
-            mean = sum(vals) / len(vals)
-            for i, v in enumerate(vals):
-                total[i] += t["n"] * (v - mean)
-            weight += t["n"]
-        return [v / weight for v in total]
+        if self.done:  # the last round: the best single scale
+            best = min(range(len(scores)), key=lambda i: scores[i])
+            self.candidates = [self.candidates[best]]
+            return
+        width = max(1, math.ceil(len(self.candidates) * self.keep))
+        start = best_window(list(scores), width)
+        self.candidates = self.candidates[start : start + width]
 
 
 def search_guidance(
     grid: Sequence[float],
     score: Callable[[float, int], float],
     n_images: int,
-    keep: float = 0.5,
-    n_min: int = 8,
+    adaptive: AdaptiveConfig | None = None,
 ) -> GroupSearch:
-    """Run one group's search with ``score(guidance, n) -> float`` (lower = better)."""
-    s = GroupSearch(list(grid), n_images, keep, n_min)
+    """Run one group's search with ``score(guidance, n) -> float`` (lower = better) on the
+    first ``n`` images."""
+    a = adaptive or AdaptiveConfig()
+    s = GroupSearch(list(grid), n_images, a.keep, a.n_min, a.first, a.budget)
     while not s.done:
         s.tell([score(g, n) for g, n in s.requests()])
     return s
@@ -161,9 +193,10 @@ def search_guidance(
 
 @dataclass
 class AdaptiveResult:
-    """choices: one dict per group (model, model_hash, sampler, steps, guidance, value,
-    n_images, trace). images: images spent (evaluated cells' n summed, including cells found
-    already stored); grid_images: what the full grid would spend; computed: cells computed now."""
+    """choices: one dict per group (model, model_hash, sampler, steps, guidance, value at the
+    full ``n_images``, images spent, trace). images: new images the search spent by its schedule
+    (a candidate grown from n to n' images counts n' - n; cells found already stored count
+    too); grid_images: what the full grid spends; computed: cells computed now."""
 
     choices: list[dict[str, Any]]
     images: int
@@ -185,7 +218,8 @@ def adaptive_search(
     """Find each group's best guidance over ``cfg.guidance`` with the adaptive search.
 
     All groups advance in lockstep, one round at a time, so each round's cells go to the
-    executor (serial or Ray) together. Every evaluated cell is written to ``store``.
+    executor (serial or Ray) together. Every evaluated cell is written to ``store``. Images are
+    reused between rounds through the row cache ``cfg.rows_dir`` (default ``<store>.rows``).
     """
     adaptive = adaptive or AdaptiveConfig()
     metric = adaptive.metric or (cfg.metrics[0] if cfg.metrics else None)
@@ -195,14 +229,21 @@ def adaptive_search(
         )
     sign = 1.0 if metric_direction(metric) == "min" else -1.0
     plan = plan_sweep(cfg)
-    ctx = plan.context
+    ctx = dataclasses.replace(plan.context, rows_dir=cfg.rows_dir or f"{cfg.store}.rows")
     groups: dict[tuple, list] = {}
     for cell in plan.cells:  # full-N cells: use them only for the group list and the grid
         groups.setdefault(cell.group, []).append(cell)
     searches = {
         key: (
             cells[0],
-            GroupSearch([c.guidance for c in cells], cfg.n_images, adaptive.keep, adaptive.n_min),
+            GroupSearch(
+                [c.guidance for c in cells],
+                cfg.n_images,
+                adaptive.keep,
+                adaptive.n_min,
+                adaptive.first,
+                adaptive.budget,
+            ),
         )
         for key, cells in groups.items()
     }
@@ -237,17 +278,8 @@ def adaptive_search(
     for proto, s in searches.values():
         g = s.choice
         last = s.trace[-1]
-        value = last["scores"][last["guidance"].index(g)] * sign if g in last["guidance"] else None
-        n_used, spent = last["n"], s.images
-        if adaptive.confirm and n_used < cfg.n_images:
-            cell = ctx.cell(proto.model, proto.sampler, proto.steps, g, cfg.n_images)
-            run = run_cells(
-                [cell], store, evaluate, cfg.executor, cfg.address, cfg.num_cpus, progress=False
-            )
-            computed += run.computed
-            value, n_used = _metric_value(store, cell.cell_id, metric), cfg.n_images
-            spent += cfg.n_images
-        images += spent
+        value = last["scores"][last["guidance"].index(g)] * sign
+        images += s.images
         choices.append(
             {
                 "model": proto.model.name,
@@ -257,8 +289,8 @@ def adaptive_search(
                 "guidance": g,
                 "metric": metric,
                 "value": value,
-                "n_images": n_used,
-                "images": spent,
+                "n_images": last["n"],
+                "images": s.images,
                 "trace": s.trace,
             }
         )

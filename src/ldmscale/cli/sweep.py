@@ -3,7 +3,7 @@
     ldmscale sweep --config sweep.toml [--models DIR,DIR] [--samplers ddim,ddpm,dpmpp]
                    [--steps 4,8,16] [--guidance 1.5,2,3] [--n-images N] [--metrics a,b]
                    [--store results.sqlite] [--executor serial|ray] [--address ADDR]
-                   [--dry-run] [--adaptive [--confirm]]
+                   [--dry-run] [--adaptive [--adaptive-budget F]]
     ldmscale sweep export --store results.sqlite (--csv F | --parquet F)
 
 Rerunning the same command resumes: cells already in the store are skipped.
@@ -52,7 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan and a time estimate")
     p.add_argument("--no-calibrate", action="store_true", help="dry run without timing the models")
     p.add_argument("--adaptive", action="store_true", help="adaptive guidance search, not the grid")
-    p.add_argument("--confirm", action="store_true", help="adaptive: re-evaluate winners at full N")
+    p.add_argument(
+        "--adaptive-budget",
+        type=float,
+        default=0.4,
+        help="adaptive: most new images to spend, as a fraction of the grid's (default 0.4)",
+    )
+    p.add_argument("--rows-dir", help="folder caching per-image metric rows (reused by larger N)")
     p.add_argument("--adaptive-metric", help="adaptive: metric to optimize (default: first)")
     p.add_argument(
         "--evaluator",
@@ -86,6 +92,7 @@ def build_config(args: argparse.Namespace):
         "clip_model": args.clip_model,
         "batch_size": args.batch_size,
         "store": args.store,
+        "rows_dir": args.rows_dir,
         "executor": args.executor,
         "address": args.address,
         "num_cpus": args.num_cpus,
@@ -125,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if args.adaptive:
         from ldmscale.adaptive import AdaptiveConfig, adaptive_search
 
-        acfg = AdaptiveConfig(metric=args.adaptive_metric, confirm=args.confirm)
+        acfg = AdaptiveConfig(metric=args.adaptive_metric, budget=args.adaptive_budget)
         with ResultsStore(cfg.store) as store:
             res = adaptive_search(cfg, store, evaluate, acfg, progress)
         for ch in res.choices:
