@@ -9,7 +9,11 @@ Two modes:
   search's images are a subset of the grid's (the first n prompts/seeds), so their errors
   are correlated.
 * ``--config SWEEP.toml``: a real study. Runs (or resumes) the full grid of the sweep into its
-  store, runs the adaptive search into the same store, and compares per group.
+  store, runs the adaptive search into the same store, and compares per group. The search's
+  images are the first ``n`` prompts/seeds of the grid's; with ``rows_dir`` set in the config
+  the grid's per-image rows are cached there and the search reuses them instead of sampling
+  again (the same images to float tolerance). With the row cache the script also scores the
+  naive baseline at the same budget: every scale on the first ``budget * N`` images.
 
 Measures: the fraction of groups whose adaptive optimum is within one grid step of the full
 grid's (target >= 90 %), and images spent relative to the grid (target <= 40 %).
@@ -28,8 +32,9 @@ import time
 import numpy as np
 
 from ldmscale.adaptive import AdaptiveConfig, adaptive_search, search_guidance
+from ldmscale.rowcache import load_rows
 from ldmscale.store import ResultsStore, metric_direction
-from ldmscale.sweep import PAPER_GUIDANCE, SweepConfig, run_sweep
+from ldmscale.sweep import PAPER_GUIDANCE, SweepConfig, plan_sweep, run_sweep, score_rows
 
 
 def synthetic(
@@ -61,6 +66,24 @@ def synthetic(
         "grid_within_one_step_of_truth": grid_vs_true / groups,
         "images_fraction": spent / (groups * len(grid) * n_images),
     }
+
+
+def smaller_grid(cfg: SweepConfig, metric: str, n: int) -> dict[tuple, float] | None:
+    """Each group's best guidance when every scale is scored on the first ``n`` images only
+    (from the row cache), or None when the cache lacks them."""
+    plan = plan_sweep(cfg)
+    sign = 1 if metric_direction(metric) == "min" else -1
+    best: dict[tuple, tuple[float, float]] = {}
+    for cell in plan.cells:
+        cached = load_rows(cfg.rows_dir, cell.family)
+        if cached is None or len(cached) < n:
+            return None
+        rows = {metric: cached.rows[metric][:n]}
+        protocol = {**cell.protocol, "metrics": [metric], "bootstrap": 0}
+        value = sign * score_rows(rows, protocol)[metric]["value"]
+        if cell.group not in best or value < best[cell.group][1]:
+            best[cell.group] = (cell.guidance, value)
+    return {k: g for k, (g, _) in best.items()}
 
 
 def real(config: str) -> dict:
@@ -98,15 +121,29 @@ def real(config: str) -> dict:
                 "within_one_step": ok,
             }
         )
-    return {
+    out = {
         "metric": metric,
+        "n_images": cfg.n_images,
         "groups": len(res.choices),
         "within_one_step_of_grid": within / max(1, len(res.choices)),
         "images_fraction": res.fraction,
+        "cells_computed_by_search": res.computed,
         "grid_wall_s (or resumed)": grid_s,
         "adaptive_wall_s (or resumed)": adaptive_s,
         "groups_detail": details,
     }
+    if cfg.rows_dir:
+        n_base = int(AdaptiveConfig().budget * cfg.n_images)
+        base = smaller_grid(cfg, metric, n_base)
+        if base is not None:
+            agree = 0
+            for d, ch in zip(details, res.choices, strict=True):
+                g = base[(ch["model_hash"], ch["sampler"], ch["steps"])]
+                d["smaller_grid"] = g
+                agree += abs(grid.index(g) - grid.index(d["grid_best"])) <= 1
+            out["smaller_grid_images"] = n_base
+            out["smaller_grid_within_one_step_of_grid"] = agree / max(1, len(details))
+    return out
 
 
 def main() -> None:
@@ -124,6 +161,12 @@ def main() -> None:
     if args.config:
         results = real(args.config)
         print(json.dumps({k: v for k, v in results.items() if k != "groups_detail"}, indent=2))
+        for d in results["groups_detail"]:
+            print(
+                f"{d['model']:>6} {d['sampler']:>6} {d['steps']:>3} steps: grid w={d['grid_best']:g}"
+                f"  adaptive w={d['adaptive']:g}  smaller grid w={d.get('smaller_grid', '-')}"
+                f"  {'ok' if d['within_one_step'] else 'MISS'}"
+            )
     else:
         grid = list(PAPER_GUIDANCE)
         results = {

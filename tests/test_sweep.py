@@ -712,3 +712,8 @@ def test_fast_frechet_matches_the_metrics_module():
     fast = fast_frechet(stats_mean, stats_cov)(gen)
     assert fast == pytest.approx(frechet_distance_features(gen, ref), rel=1e-6)
     assert fast_frechet(stats_mean, stats_cov)(ref) == pytest.approx(0.0, abs=1e-6)
+    # fewer images than dimensions (the n x n Gram path): still the same distance
+    few = rng.normal(0.3, 1.2, size=(9, 16)) @ rng.normal(size=(16, 16))
+    assert fast_frechet(stats_mean, stats_cov)(few) == pytest.approx(
+        frechet_distance_features(few, ref), rel=1e-6
+    )

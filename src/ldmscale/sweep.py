@@ -969,23 +969,36 @@ def fast_frechet(ref_mean: np.ndarray, ref_cov: np.ndarray) -> Callable[[np.ndar
 
     ``tr sqrt(S1 S2) = sum sqrt(eig(A S1 A))`` with ``A = S2^(1/2)`` (``S1 S2`` and ``A S1 A``
     share eigenvalues), so after one eigendecomposition of the reference covariance each
-    resample costs a symmetric ``eigvalsh`` instead of a general matrix square root (about
-    100x faster at 256-2048 dims). Agrees with ``ldmscale.metrics.frechet`` to rounding.
+    resample costs a symmetric ``eigvalsh`` instead of a general matrix square root. With fewer
+    images ``n`` than feature dimensions ``D`` (64 images of 2,048-d Inception features), ``A S1
+    A = Y^T Y / (n - 1)`` with ``Y = Xc A`` has the nonzero eigenvalues of the ``n x n`` matrix
+    ``Y Y^T / (n - 1)``, so the cost is ``O(n D^2)``, not ``O(D^3)`` (0.05 s instead of 1.6 s
+    at n = 64, D = 2,048). Agrees with ``ldmscale.metrics.frechet`` to rounding.
     """
     mu2 = np.asarray(ref_mean, np.float64)
     s2 = np.asarray(ref_cov, np.float64)
     w, v = np.linalg.eigh((s2 + s2.T) / 2)
     a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     tr2 = float(np.trace(s2))
+    dim = len(mu2)
 
     def statistic(feats: np.ndarray) -> float:
         f = np.asarray(feats, np.float64)
+        n = len(f)
         mu1 = f.mean(0)
-        s1 = np.cov(f, rowvar=False) if len(f) > 1 else np.zeros_like(s2)
-        m = a @ s1 @ a
-        eig = np.linalg.eigvalsh((m + m.T) / 2)
         diff = mu1 - mu2
-        return float(diff @ diff + np.trace(s1) + tr2 - 2 * np.sqrt(np.clip(eig, 0, None)).sum())
+        if n < 2:
+            return float(diff @ diff + tr2)
+        xc = f - mu1
+        tr1 = float((xc * xc).sum()) / (n - 1)
+        if n - 1 < dim:
+            y = xc @ a
+            m = (y @ y.T) / (n - 1)
+        else:
+            s1 = (xc.T @ xc) / (n - 1)
+            m = a @ s1 @ a
+        eig = np.linalg.eigvalsh((m + m.T) / 2)
+        return float(diff @ diff + tr1 + tr2 - 2 * np.sqrt(np.clip(eig, 0, None)).sum())
 
     return statistic
 
