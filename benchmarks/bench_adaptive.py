@@ -2,12 +2,12 @@
 
 Two modes:
 
-* ``--synthetic`` (default): seeded unimodal noisy curves, metric(w, n) =
-  20 + A (ln w - ln w*)^2 + b / n + noise * sqrt(N / n) * eps, with w* log-uniform over the
-  grid's range, at several noise levels. Each group's full grid (every w at N images) and the
-  adaptive search see independent noise, which is pessimistic: on a real study the adaptive
-  search's images are a subset of the grid's (the first n prompts/seeds), so their errors
-  are correlated.
+* ``--synthetic`` (default): seeded unimodal noisy curves
+  (:func:`ldmscale.adaptive.synthetic_rows`): image i at scale w scores
+  20 + A (ln w - ln w*)^2 + u_i + e_iw, an image effect u_i shared by all scales (a shared
+  prompt and seed) plus independent noise scaled so a scale's mean over N images has std
+  ``noise``; w* log-uniform over the grid's range. The grid and the search see the same images
+  (the search the first n of them), as in a real sweep.
 * ``--config SWEEP.toml``: a real study. Runs (or resumes) the full grid of the sweep into its
   store, runs the adaptive search into the same store, and compares per group. The search's
   images are the first ``n`` prompts/seeds of the grid's; with ``rows_dir`` set in the config
@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from ldmscale.adaptive import AdaptiveConfig, adaptive_search, search_guidance
+from ldmscale.adaptive import AdaptiveConfig, adaptive_search, search_guidance, synthetic_rows
 from ldmscale.rowcache import load_rows
 from ldmscale.store import ResultsStore, metric_direction
 from ldmscale.sweep import PAPER_GUIDANCE, SweepConfig, plan_sweep, run_sweep, score_rows
@@ -41,18 +41,12 @@ def synthetic(
     noise: float, groups: int, n_images: int, grid: list[float], curvature: float, seed: int
 ) -> dict:
     rng = np.random.default_rng(seed)
-    lo, hi = math.log(min(grid)), math.log(max(grid))
     adaptive_vs_grid = adaptive_vs_true = grid_vs_true = spent = 0
     for _ in range(groups):
-        log_opt = rng.uniform(lo, hi)
-
-        def score(g: float, n: int, log_opt: float = log_opt) -> float:
-            curve = 20 + curvature * (math.log(g) - log_opt) ** 2
-            return curve + 16 / n + noise * math.sqrt(n_images / n) * rng.normal()
-
-        truth = min(range(len(grid)), key=lambda i: abs(math.log(grid[i]) - log_opt))
-        full = int(np.argmin([score(g, n_images) for g in grid]))
-        s = search_guidance(grid, score, n_images)
+        rows, w_star = synthetic_rows(grid, n_images, noise, curvature, rng)
+        truth = min(range(len(grid)), key=lambda i: abs(math.log(grid[i] / w_star)))
+        full = int(np.argmin([rows[g].mean() for g in grid]))
+        s = search_guidance(grid, lambda g, n, rows=rows: rows[g][:n], np.mean, n_images)
         pick = grid.index(s.choice)
         adaptive_vs_grid += abs(pick - full) <= 1
         adaptive_vs_true += abs(pick - truth) <= 1
@@ -152,7 +146,7 @@ def main() -> None:
     )
     ap.add_argument("--config", help="sweep config of a real study (else: synthetic curves)")
     ap.add_argument("--groups", type=int, default=1000)
-    ap.add_argument("--n-images", type=int, default=1024)
+    ap.add_argument("--n-images", type=int, default=256)
     ap.add_argument("--curvature", type=float, default=8.0, help="A in A (ln w - ln w*)^2")
     ap.add_argument("--noise", default="0.1,0.25,0.5,0.75,1.0", help="metric std at N images")
     ap.add_argument("--seed", type=int, default=0)

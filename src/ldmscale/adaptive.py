@@ -1,22 +1,23 @@
 """Adaptive guidance search: each (model, sampler, steps) group's best CFG scale with far fewer
 images than the full grid.
 
-Algorithm (successive halving over image counts, restricted to contiguous windows, with image
-reuse): the quality-vs-guidance curve is roughly unimodal (too little guidance: incoherent
-images; too much: saturated ones), so the optimum of a sorted guidance grid lies in a contiguous
-run of it. Round 0 scores all ``K`` grid scales on ``first * N`` images each; every round keeps
-the contiguous window of ``ceil(keep * m)`` of its ``m`` candidates whose summed score is best (a
-window sum is a local average, much less noisy than one point) and grows their image count, and
-the last round scores the final candidates on the full ``N`` and picks the best.
+Algorithm (a race with paired bootstrap elimination and image reuse): round 0 scores every
+scale of the grid on the first ``first * N`` images. After each round the scale with the best
+score is the leader, and a scale is dropped once a paired bootstrap over the images says it is
+better than the leader in fewer than ``alpha`` of the resamples (the scales share prompts and
+seeds, so their errors are correlated and the paired difference is far less noisy than either
+score). The survivors then grow their image count (doubling, capped by what is left of the
+budget), until they reach the full ``N``, or the budget of ``budget * K * N`` new images cannot
+grow them any further; the leader of the last round is the choice. On a flat, noisy curve
+nothing is dropped and the race ends as a smaller grid (every scale on about ``budget * N``
+images); on a curved one the losing scales go early and the budget buys the close contenders
+the full ``N``, where their scores are the grid's own.
 
 Images are reused, not resampled: a cell of ``n`` images is the first ``n`` prompts and seeds of
 the sweep, and the row cache (:mod:`ldmscale.rowcache`, ``<store>.rows`` unless the sweep sets
-``rows_dir``) keeps every scored image, so growing a candidate from ``n`` to ``n'`` images
-samples only ``n' - n``. The last round's cells are the grid's own full-N cells (found in the
-store if the grid was run). Image counts between the first and the last round grow
-geometrically, capped so that the whole search costs at most ``budget`` of the grid's images:
-with K = 8, keep = 1/2 and N = 64 the rounds are 8 x 8, 4 x 22 and 2 x 64 images, 204 new
-images (39.8 % of the grid's 512).
+``rows_dir``) keeps every scored image, so growing a scale from ``n`` to ``n'`` images samples
+only ``n' - n``, and the bootstrap reads the per-image rows from it. Without rows (a custom
+evaluator), a scale is dropped only when its stored CI and the leader's do not overlap.
 
 Every evaluated cell is written to the results store with its own ``n_images``, so a killed
 search resumes from the store like a sweep, and its cells are ordinary rows for the frontier.
@@ -25,178 +26,214 @@ search resumes from the store like a sweep, and its cells are ordinary rows for 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ldmscale.config import Config, ConfigError
 from ldmscale.store import ResultsStore, metric_direction
-from ldmscale.sweep import Evaluator, SweepConfig, SweepError, plan_sweep, run_cells
+from ldmscale.sweep import (
+    Evaluator,
+    SweepConfig,
+    SweepError,
+    metric_statistic,
+    plan_sweep,
+    run_cells,
+)
+
+Statistic = Callable[[np.ndarray], float]
 
 
 @dataclass
 class AdaptiveConfig(Config):
     """metric: the metric optimized (default: the sweep's first metric; direction from its name).
-    keep: fraction of candidates kept per round (a contiguous window). first: fraction of the
-    sweep's ``n_images`` scored per scale in round 0 (never below ``n_min`` images). budget: the
-    most new images the search may spend, as a fraction of the full grid's."""
+    first: fraction of the sweep's ``n_images`` every scale gets in round 0 (at least ``n_min``).
+    budget: the most new images the search may spend, as a fraction of the full grid's.
+    alpha: a scale is dropped when it beats the leader in fewer than this fraction of the
+    paired bootstrap resamples (``n_boot`` of them, seeded by ``seed``). grow: image-count
+    factor per round."""
 
     metric: str | None = None
-    keep: float = 0.5
     first: float = 0.125
     n_min: int = 8
     budget: float = 0.4
+    alpha: float = 0.2
+    n_boot: int = 40
+    grow: float = 2.0
+    seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 < self.keep < 1:
-            raise ConfigError(f"AdaptiveConfig.keep must be in (0, 1), got {self.keep}")
         if not 0 < self.first <= 1:
             raise ConfigError(f"AdaptiveConfig.first must be in (0, 1], got {self.first}")
-        if self.n_min < 1:
-            raise ConfigError(f"AdaptiveConfig.n_min must be >= 1, got {self.n_min}")
+        if self.n_min < 2:
+            raise ConfigError(f"AdaptiveConfig.n_min must be >= 2, got {self.n_min}")
         if not 0 < self.budget <= 1:
             raise ConfigError(f"AdaptiveConfig.budget must be in (0, 1], got {self.budget}")
+        if not 0 <= self.alpha < 0.5:
+            raise ConfigError(f"AdaptiveConfig.alpha must be in [0, 0.5), got {self.alpha}")
+        if self.n_boot < 2 or self.grow <= 1:
+            raise ConfigError("AdaptiveConfig.n_boot must be >= 2 and grow > 1")
 
 
-def schedule_cost(rounds: Sequence[tuple[int, int]]) -> int:
-    """New images a schedule samples when each round's survivors keep their earlier images."""
-    cost, prev = 0, 0
-    for m, n in rounds:
-        cost += m * (n - prev)
-        prev = n
-    return cost
+def paired_worse(
+    rows: Sequence[np.ndarray],
+    statistic: Statistic,
+    leader: int,
+    alpha: float,
+    n_boot: int = 40,
+    seed: int = 0,
+) -> list[bool]:
+    """Which candidates are confidently worse than ``leader`` (lower statistic = better).
 
-
-def schedule(
-    k: int,
-    n_images: int,
-    keep: float = 0.5,
-    n_min: int = 8,
-    first: float = 0.125,
-    budget: float = 0.4,
-) -> list[tuple[int, int]]:
-    """``[(candidates, images per candidate), ...]`` for each evaluated round of a grid of ``k``.
-
-    The first round scores ``first * n_images`` images per candidate (at least ``n_min``), the
-    last ``n_images``; the rounds between grow geometrically and are trimmed, largest first,
-    until the search's new images (:func:`schedule_cost`) fit in ``budget`` of the grid's
-    ``k * n_images`` (when the first and last rounds alone exceed it, they are kept anyway).
+    ``rows[i]`` are candidate ``i``'s per-image rows, image ``j`` the same prompt and seed for
+    every candidate. Each bootstrap resample draws one set of image indices and applies it to
+    every candidate (paired); candidate ``i`` is worse when its statistic is at most the
+    leader's in fewer than ``alpha`` of the ``n_boot`` resamples.
     """
-    sizes = [k]
-    while sizes[-1] > 1:
-        sizes.append(max(1, math.ceil(sizes[-1] * keep)))
-    rounds = sizes[:-1] or [1]
-    if len(rounds) == 1:
-        return [(rounds[0], n_images)]
-    n0 = min(n_images, max(n_min, round(first * n_images)))
-    last = len(rounds) - 1
-    ns = [int(n0 * (n_images / n0) ** (r / last)) for r in range(last)] + [n_images]
-    limit = budget * k * n_images
-    while schedule_cost(list(zip(rounds, ns, strict=True))) > limit:
-        inner = [r for r in range(1, last) if ns[r] > ns[r - 1]]
-        if not inner:
-            break
-        ns[max(inner, key=lambda r: ns[r])] -= 1
-    return list(zip(rounds, ns, strict=True))
-
-
-def best_window(scores: Sequence[float], width: int) -> int:
-    """Start index of the contiguous window of ``width`` with the smallest score sum (first on ties)."""
-    sums = [sum(scores[i : i + width]) for i in range(len(scores) - width + 1)]
-    return min(range(len(sums)), key=lambda i: sums[i])
+    n = min(len(r) for r in rows)
+    rng = np.random.default_rng(seed)
+    wins = np.zeros(len(rows))
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        vals = [statistic(np.asarray(r)[:n][idx]) for r in rows]
+        wins += np.array(vals) <= vals[leader]
+    return [i != leader and wins[i] / n_boot < alpha for i in range(len(rows))]
 
 
 @dataclass
 class GroupSearch:
-    """The search state of one group over a sorted guidance grid (lower score = better).
+    """The race of one group over a sorted guidance grid (lower score = better).
 
-    Drive it with ``requests()`` -> evaluate each (guidance, n) -> ``tell(scores)``, until
-    ``done``; then ``choice`` is the selected guidance and ``images`` the new images spent (a
-    candidate grown from ``n`` to ``n'`` images costs ``n' - n``).
+    Drive it with ``requests()`` -> evaluate each (guidance, n) -> ``tell(scores, worse)``,
+    until ``done``; then ``choice`` is the selected guidance and ``images`` the new images
+    spent (a scale grown from ``n`` to ``n'`` images costs ``n' - n``).
     """
 
     grid: list[float]
     n_images: int
-    keep: float = 0.5
-    n_min: int = 8
     first: float = 0.125
+    n_min: int = 8
     budget: float = 0.4
-    candidates: list[float] = field(init=False)
-    round: int = field(init=False, default=0)
+    grow: float = 2.0
+    active: list[float] = field(init=False)
+    n: int = field(init=False)
     images: int = field(init=False, default=0)
+    choice_: float | None = field(init=False, default=None)
     trace: list[dict[str, Any]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.grid = sorted(float(g) for g in self.grid)
         if not self.grid:
             raise SweepError("adaptive search needs at least one guidance scale")
-        self.candidates = list(self.grid)
-        self._schedule = schedule(
-            len(self.grid), self.n_images, self.keep, self.n_min, self.first, self.budget
-        )
+        self.active = list(self.grid)
+        self.n = min(self.n_images, max(self.n_min, round(self.first * self.n_images)))
         self._have = dict.fromkeys(self.grid, 0)
+        self._limit = self.budget * len(self.grid) * self.n_images
 
     @property
     def done(self) -> bool:
-        return self.round >= len(self._schedule)
+        return self.choice_ is not None
 
     @property
     def choice(self) -> float:
-        if not self.done:
+        if self.choice_ is None:
             raise SweepError("the search has not finished")
-        return self.candidates[0]
-
-    @property
-    def n_now(self) -> int:
-        return self._schedule[min(self.round, len(self._schedule) - 1)][1]
+        return self.choice_
 
     def requests(self) -> list[tuple[float, int]]:
         """The (guidance, n_images) evaluations this round needs (empty once done)."""
-        return [] if self.done else [(g, self.n_now) for g in self.candidates]
+        return [] if self.done else [(g, self.n) for g in self.active]
 
-    def tell(self, scores: Sequence[float]) -> None:
-        """Scores of this round's requests, in order, lower = better."""
-        if len(scores) != len(self.candidates):
-            raise SweepError(f"expected {len(self.candidates)} scores, got {len(scores)}")
-        n = self.n_now
-        for g in self.candidates:
-            self.images += max(0, n - self._have[g])
-            self._have[g] = max(n, self._have[g])
+    def tell(self, scores: Sequence[float], worse: Sequence[bool] | None = None) -> None:
+        """This round's scores (in request order, lower = better) and which scales are
+        confidently worse than the leader (see :func:`paired_worse`; None: none)."""
+        if len(scores) != len(self.active):
+            raise SweepError(f"expected {len(self.active)} scores, got {len(scores)}")
+        worse = list(worse) if worse is not None else [False] * len(scores)
+        for g in self.active:
+            self.images += max(0, self.n - self._have[g])
+            self._have[g] = max(self.n, self._have[g])
+        leader = min(range(len(scores)), key=lambda i: scores[i])
         self.trace.append(
-            {"n": n, "guidance": list(self.candidates), "scores": [float(s) for s in scores]}
+            {
+                "n": self.n,
+                "guidance": list(self.active),
+                "scores": [float(s) for s in scores],
+                "dropped": [g for g, w in zip(self.active, worse, strict=True) if w],
+            }
         )
-        self.round += 1
-        if self.done:  # the last round: the best single scale
-            best = min(range(len(scores)), key=lambda i: scores[i])
-            self.candidates = [self.candidates[best]]
+        best = self.active[leader]
+        if self.n >= self.n_images:
+            self.choice_ = best
             return
-        width = max(1, math.ceil(len(self.candidates) * self.keep))
-        start = best_window(list(scores), width)
-        self.candidates = self.candidates[start : start + width]
+        self.active = [g for g, w in zip(self.active, worse, strict=True) if not w or g == best]
+        left = self._limit - self.images
+        step = int(left // len(self.active))
+        n_next = min(self.n_images, int(self.n * self.grow), self.n + max(0, step))
+        if n_next <= self.n:  # the budget cannot grow the survivors: the leader wins
+            self.choice_ = best
+            return
+        self.n = n_next
 
 
 def search_guidance(
     grid: Sequence[float],
-    score: Callable[[float, int], float],
+    rows: Callable[[float, int], np.ndarray],
+    statistic: Statistic,
     n_images: int,
     adaptive: AdaptiveConfig | None = None,
 ) -> GroupSearch:
-    """Run one group's search with ``score(guidance, n) -> float`` (lower = better) on the
-    first ``n`` images."""
+    """Race one group: ``rows(guidance, n)`` gives the per-image rows of the first ``n`` images
+    and ``statistic(rows)`` the score (lower = better)."""
     a = adaptive or AdaptiveConfig()
-    s = GroupSearch(list(grid), n_images, a.keep, a.n_min, a.first, a.budget)
+    s = GroupSearch(list(grid), n_images, a.first, a.n_min, a.budget, a.grow)
+    rnd = 0
     while not s.done:
-        s.tell([score(g, n) for g, n in s.requests()])
+        r = [rows(g, n) for g, n in s.requests()]
+        scores = [statistic(x) for x in r]
+        leader = min(range(len(scores)), key=lambda i: scores[i])
+        s.tell(scores, paired_worse(r, statistic, leader, a.alpha, a.n_boot, a.seed + rnd))
+        rnd += 1
     return s
+
+
+def synthetic_rows(
+    grid: Sequence[float],
+    n_images: int,
+    noise: float,
+    curvature: float = 8.0,
+    rng: np.random.Generator | None = None,
+) -> tuple[dict[float, np.ndarray], float]:
+    """Per-image rows of a seeded unimodal quality-vs-guidance curve, for benchmarks and tests.
+
+    Image ``i`` at scale ``w`` scores ``20 + curvature (ln w - ln w*)^2 + u_i + e_iw`` with an
+    image effect ``u_i`` shared by all scales (as a shared prompt and seed is) and
+    ``e_iw ~ N(0, noise^2 n_images)``, so a scale's mean over the ``n_images`` images has noise
+    std ``noise``; ``w*`` is log-uniform over the grid's range. The score is the mean (lower =
+    better). Returns ``({w: rows [n_images]}, w*)``.
+    """
+    rng = rng or np.random.default_rng(0)
+    lo, hi = np.log(min(grid)), np.log(max(grid))
+    log_opt = rng.uniform(lo, hi)
+    shared = rng.normal(0.0, 2 * noise * np.sqrt(n_images), n_images)
+    rows = {
+        float(w): 20
+        + curvature * (np.log(w) - log_opt) ** 2
+        + shared
+        + rng.normal(0.0, noise * np.sqrt(n_images), n_images)
+        for w in grid
+    }
+    return rows, float(np.exp(log_opt))
 
 
 @dataclass
 class AdaptiveResult:
-    """choices: one dict per group (model, model_hash, sampler, steps, guidance, value at the
-    full ``n_images``, images spent, trace). images: new images the search spent by its schedule
-    (a candidate grown from n to n' images counts n' - n; cells found already stored count
-    too); grid_images: what the full grid spends; computed: cells computed now."""
+    """choices: one dict per group (model, model_hash, sampler, steps, guidance, value and
+    n_images of its last round, images spent, trace). images: new images the search spent (a
+    scale grown from n to n' images counts n' - n; cells found already stored count too);
+    grid_images: what the full grid spends; computed: cells computed now."""
 
     choices: list[dict[str, Any]]
     images: int
@@ -221,6 +258,8 @@ def adaptive_search(
     executor (serial or Ray) together. Every evaluated cell is written to ``store``. Images are
     reused between rounds through the row cache ``cfg.rows_dir`` (default ``<store>.rows``).
     """
+    from ldmscale.rowcache import load_rows
+
     adaptive = adaptive or AdaptiveConfig()
     metric = adaptive.metric or (cfg.metrics[0] if cfg.metrics else None)
     if metric is None or metric not in cfg.metrics:
@@ -239,14 +278,15 @@ def adaptive_search(
             GroupSearch(
                 [c.guidance for c in cells],
                 cfg.n_images,
-                adaptive.keep,
-                adaptive.n_min,
                 adaptive.first,
+                adaptive.n_min,
                 adaptive.budget,
+                adaptive.grow,
             ),
         )
         for key, cells in groups.items()
     }
+    statistic: Statistic | None = None
     computed = 0
     rnd = 0
     while True:
@@ -270,8 +310,22 @@ def adaptive_search(
         )
         computed += summary.computed
         for key, cells in requests.items():
-            scores = [sign * _metric_value(store, c.cell_id, metric) for c in cells]
-            searches[key][1].tell(scores)
+            stored = [_metric(store, c.cell_id, metric) for c in cells]
+            scores = [sign * m["value"] for m in stored]
+            leader = min(range(len(scores)), key=lambda i: scores[i])
+            cached = [load_rows(ctx.rows_dir, c.family) for c in cells]
+            if all(r is not None and len(r) >= c.n_images for r, c in zip(cached, cells)):
+                if statistic is None:
+                    base = metric_statistic(metric, ctx.protocol)
+                    statistic = (lambda x, base=base: sign * base(x)) if sign < 0 else base
+                rows = [r.rows[metric][: c.n_images] for r, c in zip(cached, cells, strict=True)]
+                seed = adaptive.seed + rnd
+                worse = paired_worse(rows, statistic, leader, adaptive.alpha, adaptive.n_boot, seed)
+            else:  # no per-image rows (a custom evaluator): drop only on disjoint stored CIs
+                lo = [min(sign * m["lo"], sign * m["hi"]) for m in stored]
+                hi = [max(sign * m["lo"], sign * m["hi"]) for m in stored]
+                worse = [i != leader and lo[i] > hi[leader] > lo[leader] for i in range(len(cells))]
+            searches[key][1].tell(scores, worse)
         rnd += 1
     choices = []
     images = 0
@@ -298,8 +352,8 @@ def adaptive_search(
     return AdaptiveResult(choices, images, grid_images, computed)
 
 
-def _metric_value(store: ResultsStore, cell_id: str, metric: str) -> float:
+def _metric(store: ResultsStore, cell_id: str, metric: str) -> dict[str, float]:
     row = store.get(cell_id)
     if row is None or metric not in row["metrics"]:
         raise SweepError(f"cell {cell_id} has no stored value for metric {metric!r}")
-    return float(row["metrics"][metric]["value"])
+    return row["metrics"][metric]

@@ -929,6 +929,24 @@ def metric_rows(
     return rows, fingerprints
 
 
+def metric_statistic(
+    name: str, protocol: dict[str, Any], seed: int = 0
+) -> Callable[[np.ndarray], float]:
+    """``statistic(rows) -> value`` of one metric from its per-image rows (:func:`metric_rows`):
+    the Fréchet distance to the protocol's reference (:func:`fast_frechet`), KID (mean over
+    subsets), or the mean of per-image values (alignment, CLIP score)."""
+    if name not in KNOWN_METRICS:
+        raise SweepError(f"unknown metric {name!r}; known metrics: {list(KNOWN_METRICS)}")
+    if name not in FEATURE_METRICS:
+        return lambda rows: float(np.mean(rows))
+    _, ref = _reference(name, protocol)
+    if name == "kid":
+        from ldmscale.metrics.kid import kid
+
+        return lambda rows: kid(rows, ref.features, seed=seed).mean
+    return fast_frechet(ref.stats.mean, ref.stats.cov)
+
+
 def score_rows(
     rows: dict[str, np.ndarray], protocol: dict[str, Any], seed: int = 0
 ) -> dict[str, dict[str, float]]:
@@ -941,25 +959,14 @@ def score_rows(
     out: dict[str, dict[str, float]] = {}
     for name in protocol["metrics"]:
         r = rows[name]
-        ref = None
-        if name in FEATURE_METRICS:
-            _, ref = _reference(name, protocol)
-            if name == "kid":
-                from ldmscale.metrics.kid import kid
-
-                def statistic(f, ref=ref):
-                    return kid(f, ref.features, seed=seed).mean
-            else:
-                statistic = fast_frechet(ref.stats.mean, ref.stats.cov)
-        else:
-            statistic = np.mean
+        statistic = metric_statistic(name, protocol, seed)
         if n_boot >= 2 and len(r) >= 2:
             ci = bootstrap_ci(r, statistic, n_boot=n_boot, seed=seed, alpha=alpha)
             value, lo, hi = ci.estimate, ci.low, ci.high
         else:
             value = lo = hi = float(statistic(r))
-        if ref is not None and name != "kid":  # the point value by the metrics module
-            value = frechet_distance_features(r, ref.stats)
+        if name in FEATURE_METRICS and name != "kid":  # the point value by the metrics module
+            value = frechet_distance_features(r, _reference(name, protocol)[1].stats)
         out[name] = {"value": value, "lo": lo, "hi": hi, "n": int(len(r))}
     return out
 
