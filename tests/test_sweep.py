@@ -648,6 +648,21 @@ def test_evaluate_cell_samples_and_scores_for_real(tmp_path, tiny_shapes, tiny_s
     assert repeat.extra["reused_images"] == 4
     assert repeat.metrics["fd_probe"]["value"] == grown.metrics["fd_probe"]["value"]
     assert repeat.nfe == grown.nfe and repeat.norm_cost == grown.norm_cost
+    monkeypatch.undo()
+
+    # the adaptive race with the real evaluator: its first-round cells (8 images) are already
+    # stored by a plain sweep without a row cache; the race rescores them for their rows
+    race_cfg = cfg.replace(
+        guidance=(1.0, 3.0), n_images=16, store=str(tmp_path / "race.sqlite"), bootstrap=0
+    )
+    with ResultsStore(race_cfg.store) as store:
+        run_sweep(race_cfg.replace(n_images=8), store, progress=False)
+        res = adaptive_search(race_cfg, store, adaptive=AdaptiveConfig(n_boot=10), progress=False)
+    assert res.choices[0]["guidance"] in (1.0, 3.0) and res.choices[0]["trace"][0]["n"] == 8
+    evaluated = sum(len(t["guidance"]) for t in res.choices[0]["trace"])
+    assert res.computed == evaluated - 2  # round 0 came from the store, not recomputed
+    race_rows = Path(race_cfg.store + ".rows")
+    assert len(list(race_rows.glob("*.npz"))) == 2  # both scales' images are in the cache
 
 
 def test_sweep_with_clip_score(tmp_path, tiny_sd_dir, tiny_clip_model_dir):

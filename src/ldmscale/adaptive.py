@@ -16,8 +16,9 @@ the full ``N``, where their scores are the grid's own.
 Images are reused, not resampled: a cell of ``n`` images is the first ``n`` prompts and seeds of
 the sweep, and the row cache (:mod:`ldmscale.rowcache`, ``<store>.rows`` unless the sweep sets
 ``rows_dir``) keeps every scored image, so growing a scale from ``n`` to ``n'`` images samples
-only ``n' - n``, and the bootstrap reads the per-image rows from it. Without rows (a custom
-evaluator), a scale is dropped only when its stored CI and the leader's do not overlap.
+only ``n' - n``, and the bootstrap reads the per-image rows from it (a stored cell whose rows
+are not cached, from a run before the cache, is sampled again for them). Without rows (a
+custom evaluator), a scale is dropped only when its stored CI and the leader's do not overlap.
 
 Every evaluated cell is written to the results store with its own ``n_images``, so a killed
 search resumes from the store like a sweep, and its cells are ordinary rows for the frontier.
@@ -38,6 +39,7 @@ from ldmscale.sweep import (
     Evaluator,
     SweepConfig,
     SweepError,
+    evaluate_cell,
     metric_statistic,
     plan_sweep,
     run_cells,
@@ -258,7 +260,7 @@ def adaptive_search(
     executor (serial or Ray) together. Every evaluated cell is written to ``store``. Images are
     reused between rounds through the row cache ``cfg.rows_dir`` (default ``<store>.rows``).
     """
-    from ldmscale.rowcache import load_rows
+    from ldmscale.rowcache import load_rows, reusable
 
     adaptive = adaptive or AdaptiveConfig()
     metric = adaptive.metric or (cfg.metrics[0] if cfg.metrics else None)
@@ -309,12 +311,17 @@ def adaptive_search(
             desc=f"adaptive round {rnd}",
         )
         computed += summary.computed
+        if evaluate in (None, evaluate_cell):  # stored cells from before the row cache: rescore
+            for cell in all_cells:
+                cached = load_rows(ctx.rows_dir, cell.family)
+                if cached is None or reusable(cached, cell.prompts, cell.seeds) < cell.n_images:
+                    evaluate_cell(cell)  # fills the row cache; the stored row is kept
         for key, cells in requests.items():
             stored = [_metric(store, c.cell_id, metric) for c in cells]
             scores = [sign * m["value"] for m in stored]
             leader = min(range(len(scores)), key=lambda i: scores[i])
             cached = [load_rows(ctx.rows_dir, c.family) for c in cells]
-            if all(r is not None and len(r) >= c.n_images for r, c in zip(cached, cells)):
+            if all(reusable(r, c.prompts, c.seeds) >= c.n_images for r, c in zip(cached, cells)):
                 if statistic is None:
                     base = metric_statistic(metric, ctx.protocol)
                     statistic = (lambda x, base=base: sign * base(x)) if sign < 0 else base
