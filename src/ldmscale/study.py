@@ -11,7 +11,7 @@ same command again finishes an interrupted study. Presets:
   its primary metric is FD-probe (Frechet distance on the shapes probe network's features),
   chosen for speed, and the report says so.
 - ``small``: 4 widths spanning more than 4x in cost, the paper's guidance grid, steps 4-50,
-  Inception FID; a few hours on a CPU.
+  Inception FID; about 1.5 hours on 2 CPU cores.
 - ``paper``: the paper's protocol (widths 64 ... 768, 64 x 64 latents, COCO-2014 validation
   captions from a local COCO folder, 50-step DDIM at guidance 7.5 as the baseline) configured
   for a GPU cluster: run it with ``accelerate launch`` and ``--executor ray``; ``--dry-run``

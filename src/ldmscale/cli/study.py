@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--preset",
         default="tiny",
         choices=["tiny", "small", "paper"],
-        help="tiny: 3 widths, ~15 min on 2 CPU cores; small: 4 widths, Inception FID, hours; "
+        help="tiny: 3 widths, ~15 min on 2 CPU cores; small: 4 widths, Inception FID, ~1.5 h; "
         "paper: the paper's protocol for a GPU cluster",
     )
     p.add_argument("--config", type=Path, help="a StudyConfig JSON/TOML file (replaces --preset)")
