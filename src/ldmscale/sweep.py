@@ -568,7 +568,7 @@ def run_cells(
     pending = [c for c in cells if c.cell_id not in done]
     summary = RunSummary(len(cells), len(cells) - len(pending), 0, 0.0)
     if evaluate is evaluate_cell and pending:
-        prepare_metrics(pending[0].protocol)
+        prepare_metrics(pending[0].protocol, progress)
     bar = tqdm(total=len(pending), desc=desc, unit="cell", disable=not progress or not pending)
 
     def finish(cell: Cell, result: CellResult) -> None:
@@ -865,14 +865,14 @@ def evaluate_cell(cell: Cell) -> CellResult:
     )
 
 
-def prepare_metrics(protocol: dict[str, Any]) -> None:
+def prepare_metrics(protocol: dict[str, Any], progress: bool = False) -> None:
     """Build what the metrics need once, in the driver (the probe, reference statistics), so
     that parallel workers find it in the disk cache instead of each building it."""
     for name in protocol.get("metrics", []):
         if name not in KNOWN_METRICS:
             raise SweepError(f"unknown metric {name!r}; known metrics: {list(KNOWN_METRICS)}")
         if name in FEATURE_METRICS:
-            _reference(name, protocol)
+            _reference(name, protocol, progress=progress)
         elif name == "alignment":
             _probe(protocol)
         elif name == "clip_score":
@@ -1048,8 +1048,9 @@ def _clip_model(protocol: dict[str, Any]) -> str:
     return str(path)
 
 
-def _reference(name: str, protocol: dict[str, Any]) -> tuple[Any, Any]:
-    """(feature extractor, cached reference set) of a feature metric."""
+def _reference(name: str, protocol: dict[str, Any], progress: bool = False) -> tuple[Any, Any]:
+    """(feature extractor, cached reference set) of a feature metric; ``progress`` shows a bar
+    while the reference features are computed (the driver's first call, before any cell)."""
     ref = _dataset(protocol)
     key = (name, ref["dataset"], ref["split"], ref["resolution"])
     if key not in _METRIC_CACHE:
@@ -1071,7 +1072,7 @@ def _reference(name: str, protocol: dict[str, Any]) -> tuple[Any, Any]:
             split=ref["split"],
             resolution=ref["resolution"],
             keep_features=name == "kid",
-            progress=False,
+            progress=progress,
         )
         _METRIC_CACHE[key] = (extractor, refset)
     return _METRIC_CACHE[key]
