@@ -933,8 +933,9 @@ def metric_statistic(
     name: str, protocol: dict[str, Any], seed: int = 0
 ) -> Callable[[np.ndarray], float]:
     """``statistic(rows) -> value`` of one metric from its per-image rows (:func:`metric_rows`):
-    the Fréchet distance to the protocol's reference (:func:`fast_frechet`), KID (mean over
-    subsets), or the mean of per-image values (alignment, CLIP score)."""
+    the Fréchet distance to the protocol's reference (:func:`fast_frechet`, built once per
+    reference and process), KID (mean over subsets), or the mean of per-image values
+    (alignment, CLIP score)."""
     if name not in KNOWN_METRICS:
         raise SweepError(f"unknown metric {name!r}; known metrics: {list(KNOWN_METRICS)}")
     if name not in FEATURE_METRICS:
@@ -944,7 +945,13 @@ def metric_statistic(
         from ldmscale.metrics.kid import kid
 
         return lambda rows: kid(rows, ref.features, seed=seed).mean
-    return fast_frechet(ref.stats.mean, ref.stats.cov)
+    key = (name, id(ref))
+    if key not in _FRECHET:  # one eigendecomposition of the reference covariance (2 s at 2,048-d)
+        _FRECHET[key] = fast_frechet(ref.stats.mean, ref.stats.cov)
+    return _FRECHET[key]
+
+
+_FRECHET: dict[tuple[str, int], Callable[[np.ndarray], float]] = {}
 
 
 def score_rows(
@@ -952,7 +959,6 @@ def score_rows(
 ) -> dict[str, dict[str, float]]:
     """Each metric's value with its bootstrap CI over the images, from :func:`metric_rows`."""
     from ldmscale.metrics.bootstrap import bootstrap_ci
-    from ldmscale.metrics.frechet import frechet_distance_features
 
     n_boot = int(protocol.get("bootstrap", 0))
     alpha = 1.0 - float(protocol.get("ci_level", 0.95))
@@ -965,8 +971,6 @@ def score_rows(
             value, lo, hi = ci.estimate, ci.low, ci.high
         else:
             value = lo = hi = float(statistic(r))
-        if name in FEATURE_METRICS and name != "kid":  # the point value by the metrics module
-            value = frechet_distance_features(r, _reference(name, protocol)[1].stats)
         out[name] = {"value": value, "lo": lo, "hi": hi, "n": int(len(r))}
     return out
 
