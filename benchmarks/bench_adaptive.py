@@ -34,7 +34,7 @@ import numpy as np
 from ldmscale.adaptive import AdaptiveConfig, adaptive_search, search_guidance, synthetic_rows
 from ldmscale.rowcache import load_rows
 from ldmscale.store import ResultsStore, metric_direction
-from ldmscale.sweep import PAPER_GUIDANCE, SweepConfig, plan_sweep, run_sweep, score_rows
+from ldmscale.sweep import PAPER_GUIDANCE, SweepConfig, metric_statistic, plan_sweep, run_sweep
 
 
 def synthetic(
@@ -72,9 +72,7 @@ def smaller_grid(cfg: SweepConfig, metric: str, n: int) -> dict[tuple, float] | 
         cached = load_rows(cfg.rows_dir, cell.family)
         if cached is None or len(cached) < n:
             return None
-        rows = {metric: cached.rows[metric][:n]}
-        protocol = {**cell.protocol, "metrics": [metric], "bootstrap": 0}
-        value = sign * score_rows(rows, protocol)[metric]["value"]
+        value = sign * metric_statistic(metric, cell.protocol)(cached.rows[metric][:n])
         if cell.group not in best or value < best[cell.group][1]:
             best[cell.group] = (cell.guidance, value)
     return {k: g for k, (g, _) in best.items()}

@@ -311,16 +311,19 @@ def adaptive_search(
             desc=f"adaptive round {rnd}",
         )
         computed += summary.computed
-        if evaluate in (None, evaluate_cell):  # stored cells from before the row cache: rescore
-            for cell in all_cells:
+        cached_rows = {}
+        for cell in all_cells:
+            cached = load_rows(ctx.rows_dir, cell.family)
+            missing = cached is None or reusable(cached, cell.prompts, cell.seeds) < cell.n_images
+            if missing and evaluate in (None, evaluate_cell):  # stored before the row cache
+                evaluate_cell(cell)  # fills the row cache; the stored row is kept
                 cached = load_rows(ctx.rows_dir, cell.family)
-                if cached is None or reusable(cached, cell.prompts, cell.seeds) < cell.n_images:
-                    evaluate_cell(cell)  # fills the row cache; the stored row is kept
+            cached_rows[cell.cell_id] = cached
         for key, cells in requests.items():
             stored = [_metric(store, c.cell_id, metric) for c in cells]
             scores = [sign * m["value"] for m in stored]
             leader = min(range(len(scores)), key=lambda i: scores[i])
-            cached = [load_rows(ctx.rows_dir, c.family) for c in cells]
+            cached = [cached_rows[c.cell_id] for c in cells]
             if all(reusable(r, c.prompts, c.seeds) >= c.n_images for r, c in zip(cached, cells)):
                 if statistic is None:
                     base = metric_statistic(metric, ctx.protocol)

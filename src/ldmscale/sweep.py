@@ -845,7 +845,7 @@ def evaluate_cell(cell: Cell) -> CellResult:
             np.asarray(seeds, np.int64), rowcache.prompt_keys(prompts), new_rows, meta
         )
         rows = rowcache.extend(cached, m, new)
-        if cell.rows_dir and (cached is None or len(rows) > len(cached) or m < len(cached)):
+        if cell.rows_dir:
             rowcache.save_rows(cell.rows_dir, cell.family, rows)
     assert rows is not None
     cell_rows = {k: v[:n] for k, v in rows.rows.items()}
