@@ -23,6 +23,7 @@ COMMANDS = (
     "sample",
     "sweep",
     "metrics",
+    "floors",
     "frontier",
     "report",
     "study",
