@@ -293,7 +293,10 @@ def adaptive_search(
     rnd = 0
     while True:
         requests = {
-            key: [ctx.cell(proto.model, proto.sampler, proto.steps, g, n) for g, n in s.requests()]
+            key: [
+                ctx.cell(proto.model, proto.sampler, proto.steps, g, n, proto.timestep_spacing)
+                for g, n in s.requests()
+            ]
             for key, (proto, s) in searches.items()
             if not s.done
         }

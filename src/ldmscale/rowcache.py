@@ -2,8 +2,8 @@
 smaller one already sampled and scored.
 
 Image ``i`` of every cell is prompt ``i`` with seed ``seed0 + i`` (:mod:`ldmscale.sweep`), so the
-cell of ``N`` images of one (model, sampler, steps, guidance, metric protocol) is the cell of
-``n < N`` images plus ``N - n`` more. Per such *family* the cache keeps each scored image's seed,
+cell of ``N`` images of one (model, sampler, steps, guidance, timestep spacing, metric protocol,
+seed set) is the cell of ``n < N`` images plus ``N - n`` more. Per such *family* the cache keeps each scored image's seed,
 prompt hash and metric rows (a feature vector for the Fréchet metrics and KID, one number for
 alignment and CLIP score); evaluating a cell samples only the images past the longest cached
 prefix whose prompts and seeds match. The adaptive guidance search (:mod:`ldmscale.adaptive`)
@@ -51,16 +51,27 @@ class CachedRows:
         return len(self.seeds)
 
 
-def family_key(model_hash: str, sampler_config: dict[str, Any], protocol: dict[str, Any]) -> str:
+def family_key(
+    model_hash: str, sampler_config: dict[str, Any], protocol: dict[str, Any], seed0: int = 0
+) -> str:
     """The cache key of a cell without its image count: what every image's rows depend on.
 
-    The bootstrap settings are left out (they change the CIs, not the rows).
+    ``sampler_config`` is the cell's sampler identity (``ldmscale.sweep.sampler_identity``:
+    name, steps, guidance, and the timestep spacing unless ``leading``); ``seed0`` the first
+    seed of its seed set. The bootstrap settings are left out (they change the CIs, not the
+    rows). ``seed0`` enters the key only when it is not 0, so caches written before seed sets
+    were keyed stay valid, while a fresh seed set (``seed0 = 10000``) gets its own file instead
+    of replacing the rows of seed set 0.
     """
     rows_protocol = {k: v for k, v in protocol.items() if k not in ("bootstrap", "ci_level")}
-    return hash_json(
-        {"model_hash": model_hash, "sampler": sampler_config, "protocol": rows_protocol},
-        length=24,
-    )
+    key: dict[str, Any] = {
+        "model_hash": model_hash,
+        "sampler": sampler_config,
+        "protocol": rows_protocol,
+    }
+    if int(seed0) != 0:
+        key["seed0"] = int(seed0)
+    return hash_json(key, length=24)
 
 
 def prompt_keys(prompts: Sequence[str]) -> np.ndarray:

@@ -14,6 +14,7 @@ Row dict (what :meth:`ResultsStore.rows` returns)::
 
     cell_id, model, model_path, model_hash, c, params, norm_cost,
     sampler, steps, guidance, n_images, nfe, sampling_cost, flops,
+    timestep_spacing, seed0, train_step, train_compute, train_seed,
     metrics:    {name: {"value": float, "lo": float, "hi": float, "n": int}},
     protocol:   {...metric protocol: metric names, reference set, bootstrap, ...},
     provenance: {...model config, sampler config, seeds, prompts hash, code version,
@@ -21,6 +22,14 @@ Row dict (what :meth:`ResultsStore.rows` returns)::
 
 ``sampling_cost`` = norm_cost x steps (the paper's x-axis); ``flops`` = actual FLOPs
 per image including CFG's doubled batch; ``nfe`` = UNet evaluations per image.
+``timestep_spacing`` is the sampler's spacing (``leading`` for rows written before it existed);
+``seed0`` the first seed of the cell's seed set (image ``i`` has seed ``seed0 + i``);
+``train_step`` / ``train_compute`` (normalized cost x training steps) / ``train_seed`` describe
+the model's training when its folder records them (checkpoint exports), else None.
+
+Schema versions: 1 had no ``timestep_spacing``/``seed0``/``train_*`` columns; opening a
+version-1 file adds them in one transaction (``ALTER TABLE ... ADD COLUMN``; spacing
+``leading``, ``seed0`` from the row's provenance seeds) and marks the file version 2.
 Metric direction: names starting with ``fid``, ``fd_`` or ``kid`` are lower-is-better,
 every other metric (``alignment``, ``clip_score``, ...) is higher-is-better.
 """
@@ -37,7 +46,7 @@ from typing import Any, Literal
 
 from ldmscale.io import atomic_path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Scalar columns, in table (and export) order.
 SCALAR_COLUMNS: tuple[str, ...] = (
@@ -55,6 +64,19 @@ SCALAR_COLUMNS: tuple[str, ...] = (
     "nfe",
     "sampling_cost",
     "flops",
+    "timestep_spacing",
+    "seed0",
+    "train_step",
+    "train_compute",
+    "train_seed",
+)
+#: Columns added by schema version 2, with their SQL types (see :func:`_migrate`).
+V2_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("timestep_spacing", "TEXT NOT NULL DEFAULT 'leading'"),
+    ("seed0", "INTEGER NOT NULL DEFAULT 0"),
+    ("train_step", "INTEGER"),
+    ("train_compute", "REAL"),
+    ("train_seed", "INTEGER"),
 )
 #: Columns stored as JSON text.
 JSON_COLUMNS: tuple[str, ...] = ("metrics", "protocol", "provenance")
@@ -88,6 +110,11 @@ CREATE TABLE IF NOT EXISTS cells (
     nfe           REAL,
     sampling_cost REAL,
     flops         REAL,
+    timestep_spacing TEXT NOT NULL DEFAULT 'leading',
+    seed0         INTEGER NOT NULL DEFAULT 0,
+    train_step    INTEGER,
+    train_compute REAL,
+    train_seed    INTEGER,
     metrics       TEXT NOT NULL,
     protocol      TEXT NOT NULL,
     provenance    TEXT NOT NULL,
@@ -138,11 +165,36 @@ class ResultsStore:
                 f"cannot open results store {self.path}: {e}; is it an SQLite file written by ldmscale?"
             ) from e
         version = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if version and int(version[0]) != SCHEMA_VERSION:
+        if version and int(version[0]) > SCHEMA_VERSION:
             raise StoreError(
                 f"results store {self.path} has schema version {version[0]}, this ldmscale reads "
-                f"{SCHEMA_VERSION}; export it with the ldmscale that wrote it or start a new store"
+                f"up to {SCHEMA_VERSION}; read it with the newer ldmscale that wrote it or start "
+                "a new store"
             )
+        if version and int(version[0]) < SCHEMA_VERSION:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring an older file to :data:`SCHEMA_VERSION` in one transaction (idempotent: the
+        columns are re-checked inside the lock, so two processes opening it at once are safe)."""
+        cur = self._conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            have = {r[1] for r in cur.execute("PRAGMA table_info(cells)")}
+            for name, sql_type in V2_COLUMNS:
+                if name not in have:
+                    cur.execute(f"ALTER TABLE cells ADD COLUMN {name} {sql_type}")
+            if "seed0" not in have:  # old rows: the first seed of their stored seed list
+                for seq, prov in cur.execute("SELECT seq, provenance FROM cells").fetchall():
+                    seeds = (json.loads(prov) or {}).get("seeds") or [0]
+                    cur.execute("UPDATE cells SET seed0 = ? WHERE seq = ?", (int(seeds[0]), seq))
+            cur.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
 
     # -- lifecycle -------------------------------------------------------------------
     def close(self) -> None:
@@ -167,6 +219,7 @@ class ResultsStore:
         for name, m in metrics.items():
             if not isinstance(m, dict) or "value" not in m:
                 raise StoreError(f"metric {name!r} must be a dict with value/lo/hi/n, got {m!r}")
+        row = {**row, **_defaults(row)}
         values = [row.get(k) for k in SCALAR_COLUMNS]
         values += [json.dumps(row.get(k) or {}, sort_keys=True, default=str) for k in JSON_COLUMNS]
         values.append(row.get("created_at") or _now())
@@ -260,11 +313,23 @@ class ResultsStore:
         return path
 
 
+def _defaults(row: dict[str, Any]) -> dict[str, Any]:
+    """Values of the version-2 columns a row leaves out: spacing ``leading``, ``seed0`` the first
+    of ``provenance["seeds"]`` (else 0)."""
+    out: dict[str, Any] = {}
+    if row.get("timestep_spacing") is None:
+        out["timestep_spacing"] = "leading"
+    if row.get("seed0") is None:
+        seeds = (row.get("provenance") or {}).get("seeds") or [0]
+        out["seed0"] = int(seeds[0])
+    return out
+
+
 def flatten_row(row: dict[str, Any]) -> dict[str, Any]:
     """One flat record for CSV/Parquet: scalar columns, ``metric.<name>``,
     ``metric.<name>.lo``, ``metric.<name>.hi``, ``metric.<name>.n``, and ``protocol`` /
     ``provenance`` as JSON text."""
-    flat = {k: row.get(k) for k in SCALAR_COLUMNS}
+    flat = {k: row.get(k) for k in SCALAR_COLUMNS} | _defaults(row)
     for name, m in sorted(row["metrics"].items()):
         flat[f"metric.{name}"] = m.get("value")
         flat[f"metric.{name}.lo"] = m.get("lo")

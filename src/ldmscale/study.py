@@ -494,7 +494,7 @@ def dry_run(cfg: StudyConfig, calibrate: bool = True) -> str:
     header = f"{'c':>6} {'params':>14} {'GFLOPs/fwd':>11} {'norm cost':>10} {'train compute':>14}"
     lines.append(header + (f" {'est. train':>11} {'est. sweep':>11}" if calibrate else ""))
     total_s: float | None = 0.0
-    evals_per_width = sum(sw.n_images * steps * (2 if w != 1.0 else 1) for _, steps, w in cells)
+    evals_per_width = sum(sw.n_images * steps * (2 if w != 1.0 else 1) for _, steps, w, _ in cells)
     train_flops = sweep_flops = 0.0
     for c in cfg.widths:
         spec = UNetSpec(
@@ -520,7 +520,7 @@ def dry_run(cfg: StudyConfig, calibrate: bool = True) -> str:
             sweep_s = sum(
                 -(-sw.n_images // sw.batch_size) * steps * fwd_s
                 + sw.n_images * sum(METRIC_SECONDS_PER_IMAGE.get(m, 0.05) for m in sw.metrics)
-                for _, steps, _ in cells
+                for _, steps, _, _ in cells
             )
             line += f" {_hours(train_s):>11} {_hours(sweep_s):>11}"
             if total_s is not None:

@@ -1,6 +1,8 @@
 """Sweeps: the grid of (model, sampler, steps, guidance) cells, run resumably into a results store.
 
-A sweep is planned from a :class:`SweepConfig` into :class:`Cell` s. Every cell uses the same
+A sweep is planned from a :class:`SweepConfig` into :class:`Cell` s: the full grid
+(:func:`plan_sweep`: model x sampler x timestep spacing x steps x guidance) or an explicit list
+of settings (:func:`plan_cells`). Every cell uses the same
 prompt set (the first ``n_images`` validation captions of a dataset, in file order) and the
 same seed set (``range(seed0, seed0 + n_images)``): image ``i`` of every cell is prompt ``i``
 with seed ``i``, so cells differ only in what the sweep varies. A cell with fewer images (the
@@ -23,13 +25,14 @@ images x steps x (2 with CFG, else 1).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -39,6 +42,11 @@ from ldmscale.provenance import code_version
 from ldmscale.store import ResultsStore
 
 SAMPLERS = ("ddim", "ddpm", "dpmpp")
+#: Timestep spacings a sweep can use; the same values as ``ldmscale.sampling.SPACINGS`` (kept
+#: here so that planning does not import torch; a test checks they agree).
+SPACINGS = ("leading", "trailing", "linspace")
+#: The spacing of every cell stored before spacing was a sweep dimension (and SD's default).
+DEFAULT_SPACING = "leading"
 EXECUTORS = ("serial", "ray")
 PAPER_GUIDANCE = (1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
 
@@ -67,8 +75,14 @@ class SweepConfig(Config):
     samplers: subset of ``ddim``, ``ddpm``, ``dpmpp`` (DPM-Solver++).
     steps: sampling step counts. DPM-Solver++ cells above ``dpmpp_max_steps`` (20, as in the
         paper) are skipped with a note in the plan.
+    timestep_spacings: the schedulers' timestep spacings to sweep (``leading``, ``trailing``,
+        ``linspace``): a grid dimension, stored with each cell and part of its id. ``leading``
+        (SD's) starts a 4-step DDIM chain at t = 751 and a 50-step one at t = 981, so the step
+        count is confounded with the starting noise level; ``trailing`` always starts at 999.
     guidance: CFG scales ``w`` (``w = 1`` is no guidance); the paper's 1.5 ... 8.
     n_images: images per cell (prompt ``i`` with seed ``seed0 + i``).
+    seed0: the first seed; another ``seed0`` is a fresh seed set on the same prompts (new cells,
+        and their own row-cache families), e.g. to report an optimum chosen on seed set 0.
     dataset, split, resolution: where the prompts (captions, first ``n_images`` in file order)
         and the metrics' reference images come from. ``prompts`` overrides the captions.
     metrics: metric names (see :func:`compute_metrics`); lower-is-better ones start with
@@ -92,6 +106,7 @@ class SweepConfig(Config):
     samplers: tuple[str, ...] = SAMPLERS
     steps: tuple[int, ...] = (4, 8, 16, 20, 50)
     guidance: tuple[float, ...] = PAPER_GUIDANCE
+    timestep_spacings: tuple[str, ...] = (DEFAULT_SPACING,)
     n_images: int = 256
     dataset: str | None = None
     split: str = "validation"
@@ -117,6 +132,14 @@ class SweepConfig(Config):
             raise ConfigError(f"SweepConfig.samplers: unknown {bad}; choose from {list(SAMPLERS)}")
         if any(int(s) < 1 for s in self.steps):
             raise ConfigError(f"SweepConfig.steps must all be >= 1, got {list(self.steps)}")
+        bad = [s for s in self.timestep_spacings if s not in SPACINGS]
+        if bad or not self.timestep_spacings:
+            raise ConfigError(
+                f"SweepConfig.timestep_spacings: unknown {bad or 'empty list'}; choose from "
+                f"{list(SPACINGS)}"
+            )
+        if self.seed0 < 0:
+            raise ConfigError(f"SweepConfig.seed0 must be >= 0, got {self.seed0}")
         if any(float(g) < 0 for g in self.guidance):
             raise ConfigError(
                 f"SweepConfig.guidance must be >= 0 (1 = no guidance), got {list(self.guidance)}"
@@ -145,6 +168,10 @@ class ModelInfo:
     hash: sha256 over the UNet and VAE weight files and the model's JSON configs.
     norm_cost: normalized cost (None for SD folders until the evaluator reports it).
     config: ``ldmscale_model.json`` (minus ``train_config``) or the UNet config.
+    train_step, total_steps, train_compute, images_seen, train_seed, run: the training state a
+        trainer export records in ``ldmscale_model.json`` (keys ``train_step``, ``total_steps``,
+        ``train_compute`` = normalized cost x ``train_step``, ``images_seen``, ``seed``,
+        ``run``); None when the folder does not say (SD folders, older exports).
     """
 
     path: str
@@ -154,6 +181,12 @@ class ModelInfo:
     params: int | None
     norm_cost: float | None
     config: dict = field(default_factory=dict, compare=False)
+    train_step: int | None = None
+    total_steps: int | None = None
+    train_compute: float | None = None
+    images_seen: int | None = None
+    train_seed: int | None = None
+    run: str | None = None
 
 
 def _model_folder(path: Path) -> tuple[Path, str]:
@@ -205,13 +238,36 @@ def _describe_model_cached(path: str, stamp: tuple) -> ModelInfo:
     if kind == "ldmscale":
         meta = json.loads((folder / "ldmscale_model.json").read_text())
         meta.pop("train_config", None)
-        name = meta.get("name") or (folder.parent.name if folder.name == "model" else folder.name)
+        run = meta.get("run")
+        if meta.get("name"):
+            name = meta["name"]
+        elif folder.name == "model":
+            name = folder.parent.name
+        else:  # a checkpoint export <run>/evals/step-N/: name it by its run too
+            name = f"{run}/{folder.name}" if run else folder.name
         c = (meta.get("unet_spec") or {}).get("c")
-        norm_cost = meta.get("norm_cost")
-        return ModelInfo(str(folder), name, digest, c, params, norm_cost, meta)
+        return ModelInfo(
+            str(folder),
+            name,
+            digest,
+            c,
+            params,
+            meta.get("norm_cost"),
+            meta,
+            train_step=_opt(int, meta.get("train_step")),
+            total_steps=_opt(int, meta.get("total_steps")),
+            train_compute=_opt(float, meta.get("train_compute")),
+            images_seen=_opt(int, meta.get("images_seen")),
+            train_seed=_opt(int, meta.get("seed")),
+            run=None if run is None else str(run),
+        )
     unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
     c = int(unet_cfg["block_out_channels"][0])
     return ModelInfo(str(folder), folder.name, digest, c, params, None, unet_cfg)
+
+
+def _opt(cast: Callable[[Any], Any], value: Any) -> Any:
+    return None if value is None else cast(value)
 
 
 def describe_model(path: str | Path) -> ModelInfo:
@@ -233,7 +289,8 @@ def describe_model(path: str | Path) -> ModelInfo:
 class Cell:
     """One evaluation: a model sampled with one sampler config on ``n_images`` prompts/seeds.
 
-    prompts[i] is sampled with seeds[i]; protocol fixes the metrics and their reference.
+    prompts[i] is sampled with seeds[i]; protocol fixes the metrics and their reference;
+    timestep_spacing is the schedulers' spacing (``leading``, ``trailing``, ``linspace``).
     """
 
     model: ModelInfo
@@ -245,6 +302,7 @@ class Cell:
     protocol: dict = field(compare=False)
     batch_size: int = 16
     rows_dir: str | None = field(default=None, compare=False)  # how it runs, not what it is
+    timestep_spacing: str = DEFAULT_SPACING
 
     @property
     def n_images(self) -> int:
@@ -261,20 +319,26 @@ class Cell:
         return self.n_images * self.steps * (2 if self.cfg else 1)
 
     @property
-    def group(self) -> tuple[str, str, int]:
-        """(model hash, sampler, steps): the cells among which guidance is optimized."""
-        return (self.model.hash, self.sampler, self.steps)
+    def seed0(self) -> int:
+        """The first seed of the cell's seed set (image ``i`` has seed ``seed0 + i``)."""
+        return int(self.seeds[0]) if self.seeds else 0
+
+    @property
+    def group(self) -> tuple[str, str, int, str]:
+        """(model hash, sampler, steps, spacing): the cells among which guidance is optimized."""
+        return (self.model.hash, self.sampler, self.steps, self.timestep_spacing)
 
     @property
     def sampler_config(self) -> dict[str, Any]:
-        return {"name": self.sampler, "steps": self.steps, "guidance": self.guidance}
+        """The sampler part of the cell's identity (:func:`sampler_identity`)."""
+        return sampler_identity(self.sampler, self.steps, self.guidance, self.timestep_spacing)
 
     @property
     def family(self) -> str:
         """The row-cache key: the cell without its image count (:mod:`ldmscale.rowcache`)."""
         from ldmscale.rowcache import family_key
 
-        return family_key(self.model.hash, self.sampler_config, self.protocol)
+        return family_key(self.model.hash, self.sampler_config, self.protocol, self.seed0)
 
     @property
     def cell_id(self) -> str:
@@ -292,10 +356,24 @@ class Cell:
         )
 
     def describe(self) -> str:
+        spacing = "" if self.timestep_spacing == DEFAULT_SPACING else f" {self.timestep_spacing}"
+        seeds = f" seed0={self.seed0}" if self.seed0 else ""
         return (
-            f"{self.model.name} {self.sampler} {self.steps} steps w={self.guidance:g} "
-            f"N={self.n_images}"
+            f"{self.model.name} {self.sampler}{spacing} {self.steps} steps w={self.guidance:g} "
+            f"N={self.n_images}{seeds}"
         )
+
+
+def sampler_identity(
+    sampler: str, steps: int, guidance: float, timestep_spacing: str = DEFAULT_SPACING
+) -> dict[str, Any]:
+    """``{"name", "steps", "guidance"[, "timestep_spacing"]}``: the sampler part of a cell id and
+    row-cache key. The spacing key is left out for ``leading`` so that cells stored before the
+    spacing was a sweep dimension (all ``leading``) keep their ids."""
+    out: dict[str, Any] = {"name": sampler, "steps": steps, "guidance": guidance}
+    if timestep_spacing != DEFAULT_SPACING:
+        out["timestep_spacing"] = timestep_spacing
+    return out
 
 
 @dataclass
@@ -332,10 +410,21 @@ class SweepContext:
     rows_dir: str | None = None
 
     def cell(
-        self, model: ModelInfo, sampler: str, steps: int, guidance: float, n_images: int
+        self,
+        model: ModelInfo,
+        sampler: str,
+        steps: int,
+        guidance: float,
+        n_images: int,
+        timestep_spacing: str = DEFAULT_SPACING,
     ) -> Cell:
+        """The cell of ``model`` at one sampler setting on the first ``n_images`` prompts/seeds."""
         if n_images > len(self.seeds):
             raise SweepError(f"a cell of {n_images} images exceeds the sweep's {len(self.seeds)}")
+        if timestep_spacing not in SPACINGS:
+            raise SweepError(
+                f"unknown timestep spacing {timestep_spacing!r}; choose from {list(SPACINGS)}"
+            )
         return Cell(
             model=model,
             sampler=sampler,
@@ -346,6 +435,7 @@ class SweepContext:
             protocol=self.protocol,
             batch_size=self.batch_size,
             rows_dir=self.rows_dir,
+            timestep_spacing=timestep_spacing,
         )
 
 
@@ -415,32 +505,128 @@ def metric_protocol(cfg: SweepConfig, prompt_source: dict[str, Any]) -> dict[str
     }
 
 
-def resolve(cfg: SweepConfig) -> SweepContext:
-    """Describe the models and fix the prompt set, seed set and protocol."""
-    if not cfg.models:
+def resolve(cfg: SweepConfig, models: Sequence[str | Path] | None = None) -> SweepContext:
+    """Describe the models (``cfg.models``, or ``models`` when given) and fix the prompt set,
+    seed set and protocol."""
+    paths = list(cfg.models if models is None else models)
+    if not paths:
         raise SweepError("the sweep has no models: set `models` (model folders) or pass --models")
-    models = [describe_model(p) for p in cfg.models]
+    infos: list[ModelInfo] = []
+    for p in paths:
+        info = describe_model(p)
+        if info.hash not in {m.hash for m in infos}:
+            infos.append(info)
+    models_ = infos
     prompts, source = load_prompts(cfg)
     seeds = tuple(range(cfg.seed0, cfg.seed0 + cfg.n_images))
     return SweepContext(
-        models, prompts, seeds, metric_protocol(cfg, source), cfg.batch_size, cfg.rows_dir
+        models_, prompts, seeds, metric_protocol(cfg, source), cfg.batch_size, cfg.rows_dir
     )
 
 
-def grid_settings(cfg: SweepConfig) -> list[tuple[str, int, float]]:
-    """Every (sampler, steps, guidance) of one model's grid, in plan order; DPM-Solver++
-    settings above ``dpmpp_max_steps`` are left out (the paper stops it at 20 steps)."""
+def grid_settings(cfg: SweepConfig) -> list[tuple[str, int, float, str]]:
+    """Every (sampler, steps, guidance, timestep_spacing) of one model's grid, in plan order
+    (sampler, then spacing, then steps, then guidance); DPM-Solver++ settings above
+    ``dpmpp_max_steps`` are left out (the paper stops it at 20 steps)."""
+    spacings = list(dict.fromkeys(cfg.timestep_spacings))
     return [
-        (sampler, steps, g)
+        (sampler, steps, g, spacing)
         for sampler in cfg.samplers
+        for spacing in spacings
         for steps in sorted({int(s) for s in cfg.steps})
         if not (sampler == "dpmpp" and steps > cfg.dpmpp_max_steps)
         for g in sorted({float(g) for g in cfg.guidance})
     ]
 
 
+#: An explicit cell setting: (model folder, sampler, steps, guidance, timestep spacing).
+Setting = tuple[str, str, int, float, str]
+
+
+def _check_setting(setting: Sequence[Any], i: int) -> Setting:
+    if isinstance(setting, str | bytes) or len(setting) != 5:
+        raise SweepError(
+            f"setting {i} ({setting!r}) must be (model_path, sampler, steps, guidance, "
+            "timestep_spacing)"
+        )
+    path, sampler, steps, guidance, spacing = setting
+    if sampler not in SAMPLERS:
+        raise SweepError(f"setting {i}: unknown sampler {sampler!r}; choose from {list(SAMPLERS)}")
+    try:
+        steps_i, g = int(steps), float(guidance)
+    except (TypeError, ValueError) as e:
+        raise SweepError(f"setting {i}: steps and guidance must be numbers ({e})") from e
+    if steps_i != steps or steps_i < 1:
+        raise SweepError(f"setting {i}: steps must be an integer >= 1, got {steps!r}")
+    if not g >= 0:
+        raise SweepError(f"setting {i}: guidance must be >= 0 (1 = no guidance), got {guidance!r}")
+    if spacing not in SPACINGS:
+        raise SweepError(
+            f"setting {i}: unknown timestep spacing {spacing!r}; choose from {list(SPACINGS)}"
+        )
+    return (str(path), str(sampler), steps_i, g, str(spacing))
+
+
+def _dedupe(cells: list[Cell], notes: list[str]) -> list[Cell]:
+    seen: set[str] = set()
+    unique = []
+    for c in cells:
+        if c.cell_id not in seen:
+            seen.add(c.cell_id)
+            unique.append(c)
+    if len(unique) < len(cells):
+        notes.append(
+            f"{len(cells) - len(unique)} duplicate cells dropped (same model listed twice?)"
+        )
+    return unique
+
+
+def plan_cells(
+    cfg: SweepConfig,
+    settings: Iterable[Sequence[Any]],
+    context: SweepContext | None = None,
+) -> Plan:
+    """The cells of an explicit list of settings instead of the grid.
+
+    Each setting is ``(model_path, sampler, steps, guidance, timestep_spacing)``; every cell
+    has ``cfg.n_images`` images on the sweep's prompts and seeds (``cfg.seed0`` onwards) under
+    its metric protocol, so a listed setting that is also a grid cell has the grid cell's id and
+    is not evaluated twice. ``cfg.models``, ``samplers``, ``steps``, ``guidance`` and
+    ``timestep_spacings`` are ignored; ``context`` (from :func:`resolve`) fixes prompts, seeds
+    and protocol when given. Duplicates are dropped; cells are grouped by model (first
+    appearance order) so a worker loads each model once. A DPM-Solver++ setting above
+    ``dpmpp_max_steps`` is kept (it was asked for) with a note.
+
+    Uses: re-scoring each optimal-guidance cell on a fresh seed set (``cfg.replace(seed0=...)``)
+    and scoring training checkpoints at one fixed setting.
+    """
+    checked = [_check_setting(s, i) for i, s in enumerate(settings)]
+    if not checked:
+        raise SweepError("plan_cells needs at least one (model, sampler, steps, w, spacing)")
+    paths = list(dict.fromkeys(s[0] for s in checked))
+    if context is None:
+        ctx = resolve(cfg, models=paths)
+    else:
+        infos = {describe_model(p).hash: describe_model(p) for p in paths}
+        ctx = dataclasses.replace(context, models=list(infos.values()))
+    by_model: dict[str, list[Cell]] = {}
+    notes: list[str] = []
+    for path, sampler, steps, g, spacing in checked:
+        model = describe_model(path)
+        if sampler == "dpmpp" and steps > cfg.dpmpp_max_steps:
+            notes.append(
+                f"DPM-Solver++ at {steps} steps (above dpmpp_max_steps={cfg.dpmpp_max_steps}) "
+                "kept: it was listed explicitly"
+            )
+        cell = ctx.cell(model, sampler, steps, g, cfg.n_images, spacing)
+        by_model.setdefault(model.hash, []).append(cell)
+    cells = [c for group in by_model.values() for c in group]
+    return Plan(_dedupe(cells, notes), list(dict.fromkeys(notes)), ctx)
+
+
 def plan_sweep(cfg: SweepConfig, context: SweepContext | None = None) -> Plan:
-    """All cells of the grid, grouped by model (so a worker loads each model once)."""
+    """All cells of the grid (model x sampler x spacing x steps x guidance), grouped by model
+    (so a worker loads each model once)."""
     ctx = context or resolve(cfg)
     cells: list[Cell] = []
     notes: list[str] = []
@@ -452,19 +638,9 @@ def plan_sweep(cfg: SweepConfig, context: SweepContext | None = None) -> Plan:
         )
     settings = grid_settings(cfg)
     for model in ctx.models:
-        for sampler, steps, g in settings:
-            cells.append(ctx.cell(model, sampler, steps, g, cfg.n_images))
-    seen: set[str] = set()
-    unique = []
-    for c in cells:
-        if c.cell_id not in seen:
-            seen.add(c.cell_id)
-            unique.append(c)
-    if len(unique) < len(cells):
-        notes.append(
-            f"{len(cells) - len(unique)} duplicate cells dropped (same model listed twice?)"
-        )
-    return Plan(unique, notes, ctx)
+        for sampler, steps, g, spacing in settings:
+            cells.append(ctx.cell(model, sampler, steps, g, cfg.n_images, spacing))
+    return Plan(_dedupe(cells, notes), notes, ctx)
 
 
 # --------------------------------------------------------------------------------------
@@ -473,8 +649,20 @@ def plan_sweep(cfg: SweepConfig, context: SweepContext | None = None) -> Plan:
 
 
 def cell_row(cell: Cell, result: CellResult) -> dict[str, Any]:
-    """The results-store row of an evaluated cell (everything that produced it)."""
+    """The results-store row of an evaluated cell (everything that produced it).
+
+    ``train_step``/``train_compute``/``train_seed`` come from the model folder (None when it
+    does not record them; ``train_compute`` falls back to normalized cost x ``train_step``).
+    ``provenance["rows_dir"]`` (absolute) names the row cache the cell's per-image rows went to
+    and ``provenance["prompt_keys_hash"]`` lets :func:`cell_rows` check they are this cell's.
+    """
+    from ldmscale.rowcache import prompt_keys
+
     norm_cost = cell.model.norm_cost if cell.model.norm_cost is not None else result.norm_cost
+    m = cell.model
+    train_compute = m.train_compute
+    if train_compute is None and m.train_step is not None and norm_cost is not None:
+        train_compute = float(norm_cost) * m.train_step
     return {
         "cell_id": cell.cell_id,
         "model": cell.model.name,
@@ -490,6 +678,11 @@ def cell_row(cell: Cell, result: CellResult) -> dict[str, Any]:
         "nfe": result.nfe,
         "sampling_cost": None if norm_cost is None else norm_cost * cell.steps,
         "flops": result.flops,
+        "timestep_spacing": cell.timestep_spacing,
+        "seed0": cell.seed0,
+        "train_step": m.train_step,
+        "train_compute": train_compute,
+        "train_seed": m.train_seed,
         "metrics": result.metrics,
         "protocol": cell.protocol,
         "provenance": {
@@ -498,6 +691,8 @@ def cell_row(cell: Cell, result: CellResult) -> dict[str, Any]:
             "batch_size": cell.batch_size,
             "seeds": list(cell.seeds),
             "prompts_hash": hash_json(list(cell.prompts)),
+            "prompt_keys_hash": hash_json(prompt_keys(cell.prompts).tolist()),
+            **({"rows_dir": str(Path(cell.rows_dir).resolve())} if cell.rows_dir else {}),
             "code_version": code_version(),
             "wall_s": result.wall_s,
             **({"extra": result.extra} if result.extra else {}),
@@ -630,9 +825,17 @@ def run_sweep(
     evaluate: Evaluator | None = None,
     progress: bool = True,
     plan: Plan | None = None,
+    settings: Iterable[Sequence[Any]] | None = None,
 ) -> RunSummary:
-    """Plan ``cfg`` and evaluate the cells missing from the store (``cfg.store`` by default)."""
-    plan = plan or plan_sweep(cfg)
+    """Plan ``cfg`` and evaluate the cells missing from the store (``cfg.store`` by default).
+
+    The plan is ``plan`` when given, else the explicit ``settings`` (:func:`plan_cells`) when
+    given, else the full grid (:func:`plan_sweep`). Same store, resume and executor either way.
+    """
+    if plan is not None and settings is not None:
+        raise SweepError("run_sweep: pass a plan or settings, not both")
+    if plan is None:
+        plan = plan_sweep(cfg) if settings is None else plan_cells(cfg, settings)
     own = store is None
     store = ResultsStore(cfg.store) if own else store
     try:
@@ -816,9 +1019,10 @@ def evaluate_cell(cell: Cell) -> CellResult:
     (``ldmscale.sampling.generate``), score the images with the protocol's metrics, and attach
     percentile bootstrap CIs over the generated images.
 
+    The scheduler runs with ``cell.timestep_spacing`` (set explicitly, also for ``leading``).
     With ``cell.rows_dir`` set, the leading images already scored for the cell's family (same
-    model, sampler config and protocol, any image count) are reused from the row cache and only
-    the rest are sampled; ``extra["reused_images"]`` says how many.
+    model, sampler config, protocol and seed set, any image count) are reused from the row cache
+    and only the rest are sampled; ``extra["reused_images"]`` says how many.
     """
     from ldmscale import rowcache
     from ldmscale.sampling import SamplerConfig, generate
@@ -830,7 +1034,12 @@ def evaluate_cell(cell: Cell) -> CellResult:
     rows = cached
     if m < n:
         model = _load_model_cached(cell.model)
-        cfg = SamplerConfig(name=cell.sampler, steps=cell.steps, guidance=cell.guidance)
+        cfg = SamplerConfig(
+            name=cell.sampler,
+            steps=cell.steps,
+            guidance=cell.guidance,
+            timestep_spacing=cell.timestep_spacing,
+        )
         prompts, seeds = list(cell.prompts[m:]), list(cell.seeds[m:])
         result = generate(model, prompts, seeds, cfg, batch_size=cell.batch_size, progress=False)
         new_rows, fingerprints = metric_rows(result.images, prompts, cell.protocol)
@@ -848,8 +1057,7 @@ def evaluate_cell(cell: Cell) -> CellResult:
         if cell.rows_dir:
             rowcache.save_rows(cell.rows_dir, cell.family, rows)
     assert rows is not None
-    cell_rows = {k: v[:n] for k, v in rows.rows.items()}
-    metrics = score_rows(cell_rows, cell.protocol, seed=cell.seeds[0])
+    metrics = score_rows({k: v[:n] for k, v in rows.rows.items()}, cell.protocol, seed=cell.seed0)
     meta = rows.meta
     return CellResult(
         metrics=metrics,
@@ -929,15 +1137,36 @@ def metric_rows(
     return rows, fingerprints
 
 
+@overload
 def metric_statistic(
-    name: str, protocol: dict[str, Any], seed: int = 0
-) -> Callable[[np.ndarray], float]:
-    """``statistic(rows) -> value`` of one metric from its per-image rows (:func:`metric_rows`):
-    the Fréchet distance to the protocol's reference (:func:`fast_frechet`, built once per
-    reference and process), KID (mean over subsets), or the mean of per-image values
-    (alignment, CLIP score)."""
+    name: str, protocol: dict[str, Any], rows: None = None, *, seed: int = 0
+) -> Callable[[np.ndarray], float]: ...
+@overload
+def metric_statistic(
+    name: str, protocol: dict[str, Any], rows: np.ndarray, *, seed: int = 0
+) -> float: ...
+def metric_statistic(
+    name: str, protocol: dict[str, Any], rows: np.ndarray | None = None, *, seed: int = 0
+) -> Callable[[np.ndarray], float] | float:
+    """One metric's value from per-image rows (:func:`metric_rows`, :func:`cell_rows`).
+
+    ``metric_statistic(name, protocol, rows) -> float``: the value of metric ``name`` under the
+    store row's ``protocol`` for ``rows`` (features ``[n, D]`` or values ``[n]``).
+    ``metric_statistic(name, protocol) -> statistic`` returns the function ``statistic(rows) ->
+    float`` instead (what a bootstrap calls many times). The statistic is the Fréchet distance
+    to the protocol's reference (:func:`fast_frechet`, built once per reference and process),
+    KID (mean over subsets, subsets drawn with ``seed``), or the mean of per-image values
+    (alignment, CLIP score). Feature metrics load the protocol's reference statistics (cached
+    on disk after the first sweep). For a paired comparison of two cells of one protocol, call
+    the statistic on the same resampled image indices of both cells' rows.
+    """
     if name not in KNOWN_METRICS:
         raise SweepError(f"unknown metric {name!r}; known metrics: {list(KNOWN_METRICS)}")
+    statistic = _statistic(name, protocol, seed)
+    return statistic if rows is None else float(statistic(rows))
+
+
+def _statistic(name: str, protocol: dict[str, Any], seed: int) -> Callable[[np.ndarray], float]:
     if name not in FEATURE_METRICS:
         return lambda rows: float(np.mean(rows))
     _, ref = _reference(name, protocol)
@@ -949,6 +1178,46 @@ def metric_statistic(
     if key not in _FRECHET:  # one eigendecomposition of the reference covariance (2 s at 2,048-d)
         _FRECHET[key] = fast_frechet(ref.stats.mean, ref.stats.cov)
     return _FRECHET[key]
+
+
+def cell_rows(
+    row: dict[str, Any], rows_dir: str | Path | None = None
+) -> dict[str, np.ndarray] | None:
+    """A stored cell's per-image metric rows from the row cache, or None if they are not there.
+
+    ``row`` is a results-store row (:meth:`ldmscale.store.ResultsStore.rows`); ``rows_dir`` the
+    row-cache folder, by default the one its provenance names (``provenance["rows_dir"]``,
+    written by :func:`cell_row` when the sweep had one; the adaptive search's default is
+    ``<store>.rows``). Returns ``{metric: array}`` holding the cell's first ``n_images`` images
+    in seed order (image ``i`` = prompt ``i`` with seed ``seed0 + i``: row ``i`` of two cells
+    of one sweep is the same prompt and seed, so they pair). None when the folder or family
+    file is missing, holds fewer images, or its seeds or prompts differ from the row's.
+    Values: feed them to :func:`metric_statistic` with ``row["protocol"]``.
+    """
+    from ldmscale.rowcache import family_key, load_rows
+
+    prov = row.get("provenance") or {}
+    directory = rows_dir if rows_dir is not None else prov.get("rows_dir")
+    if not directory or not Path(directory).is_dir():
+        return None
+    n = int(row["n_images"])
+    seeds = prov.get("seeds")
+    seed0 = row.get("seed0")
+    if seed0 is None:
+        seed0 = int(seeds[0]) if seeds else 0
+    spacing = row.get("timestep_spacing") or DEFAULT_SPACING
+    sampler = sampler_identity(row["sampler"], row["steps"], row["guidance"], spacing)
+    family = family_key(row["model_hash"], sampler, row.get("protocol") or {}, int(seed0))
+    cached = load_rows(directory, family)
+    if cached is None or len(cached) < n:
+        return None
+    expected = np.asarray(seeds[:n] if seeds else range(seed0, seed0 + n), np.int64)
+    if len(expected) != n or not np.array_equal(cached.seeds[:n], expected):
+        return None
+    keys_hash = prov.get("prompt_keys_hash")
+    if keys_hash and hash_json(cached.prompt_keys[:n].tolist()) != keys_hash:
+        return None
+    return {k: np.asarray(v[:n]) for k, v in cached.rows.items()}
 
 
 _FRECHET: dict[tuple[str, int], Callable[[np.ndarray], float]] = {}
@@ -965,7 +1234,7 @@ def score_rows(
     out: dict[str, dict[str, float]] = {}
     for name in protocol["metrics"]:
         r = rows[name]
-        statistic = metric_statistic(name, protocol, seed)
+        statistic = metric_statistic(name, protocol, seed=seed)
         if n_boot >= 2 and len(r) >= 2:
             ci = bootstrap_ci(r, statistic, n_boot=n_boot, seed=seed, alpha=alpha)
             value, lo, hi = ci.estimate, ci.low, ci.high
@@ -1082,9 +1351,9 @@ def _reference(name: str, protocol: dict[str, Any], progress: bool = False) -> t
     return _METRIC_CACHE[key]
 
 
-def iter_groups(cells: Iterable[Cell]) -> dict[tuple[str, str, int], list[Cell]]:
-    """Cells keyed by their (model hash, sampler, steps) group, guidance ascending."""
-    groups: dict[tuple[str, str, int], list[Cell]] = {}
+def iter_groups(cells: Iterable[Cell]) -> dict[tuple[str, str, int, str], list[Cell]]:
+    """Cells keyed by their (model hash, sampler, steps, spacing) group, guidance ascending."""
+    groups: dict[tuple[str, str, int, str], list[Cell]] = {}
     for c in cells:
         groups.setdefault(c.group, []).append(c)
     for v in groups.values():

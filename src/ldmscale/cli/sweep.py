@@ -1,12 +1,21 @@
 """``ldmscale sweep``: run a (model x sampler x steps x guidance) sweep into a results store.
 
     ldmscale sweep --config sweep.toml [--models DIR,DIR] [--samplers ddim,ddpm,dpmpp]
-                   [--steps 4,8,16] [--guidance 1.5,2,3] [--n-images N] [--metrics a,b]
+                   [--steps 4,8,16] [--guidance 1.5,2,3] [--timestep-spacing trailing,leading]
+                   [--n-images N] [--seed0 S] [--metrics a,b] [--cells cells.json]
                    [--store results.sqlite] [--executor serial|ray] [--address ADDR]
                    [--dry-run] [--adaptive [--adaptive-budget F]]
     ldmscale sweep export --store results.sqlite (--csv F | --parquet F)
 
 Rerunning the same command resumes: cells already in the store are skipped.
+
+Timestep spacing is a grid dimension: `leading` (SD's) starts a 4-step DDIM chain at t = 751
+and a 50-step one at t = 981, so the step count is confounded with the starting noise level;
+`trailing` always starts at t = 999 (the CPU presets' choice).
+
+--cells FILE evaluates an explicit list instead of the grid: a JSON list of
+[model_path, sampler, steps, guidance, timestep_spacing] entries, e.g.
+[["runs/c32/model", "ddim", 50, 3.0, "trailing"]].
 """
 
 from __future__ import annotations
@@ -40,6 +49,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--samplers", type=_csv(str), help="ddim,ddpm,dpmpp")
     p.add_argument("--steps", type=_csv(int), help="step counts, e.g. 4,8,16,20,50")
     p.add_argument("--guidance", type=_csv(float), help="CFG scales w (1 = none), e.g. 1.5,2,3")
+    p.add_argument(
+        "--timestep-spacing",
+        type=_csv(str),
+        help="timestep spacings to sweep, comma list of leading,trailing,linspace "
+        "(default: leading; trailing starts every step count at t = 999)",
+    )
+    p.add_argument("--seed0", type=int, help="first seed (image i has seed seed0 + i)")
+    p.add_argument(
+        "--cells",
+        help="JSON file: explicit [model, sampler, steps, guidance, spacing] list (not the grid)",
+    )
     p.add_argument("--n-images", type=int, help="images per cell")
     p.add_argument("--metrics", type=_csv(str), help="metric names, e.g. fd_probe,alignment")
     p.add_argument("--dataset", help="dataset folder: validation captions and reference images")
@@ -86,6 +106,8 @@ def build_config(args: argparse.Namespace):
         "samplers": args.samplers,
         "steps": args.steps,
         "guidance": args.guidance,
+        "timestep_spacings": args.timestep_spacing,
+        "seed0": args.seed0,
         "n_images": args.n_images,
         "metrics": args.metrics,
         "dataset": args.dataset,
@@ -104,6 +126,23 @@ def build_config(args: argparse.Namespace):
     return SweepConfig.from_dict(data)  # overrides get the same checks as the file
 
 
+def load_settings(path: str | None):
+    """The explicit cell list of ``--cells`` (None without it)."""
+    if not path:
+        return None
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read --cells {path}: {e}") from e
+    if not isinstance(data, list) or not all(isinstance(s, list) for s in data):
+        raise UserError(
+            f"--cells {path} must be a JSON list of [model, sampler, steps, guidance, spacing]"
+        )
+    return [tuple(s) for s in data]
+
+
 def load_evaluator(spec: str | None):
     if not spec:
         return None
@@ -118,13 +157,16 @@ def load_evaluator(spec: str | None):
 
 def run(args: argparse.Namespace) -> int:
     from ldmscale.store import ResultsStore
-    from ldmscale.sweep import estimate_plan, format_estimate, plan_sweep, run_sweep
+    from ldmscale.sweep import estimate_plan, format_estimate, plan_cells, plan_sweep, run_sweep
 
     cfg = build_config(args)
     evaluate = load_evaluator(args.evaluator)
+    settings = load_settings(args.cells)
     progress = not args.no_progress
+    if settings is not None and args.adaptive:
+        raise UserError("--cells and --adaptive do not combine: the race searches the grid")
     if args.dry_run:
-        plan = plan_sweep(cfg)
+        plan = plan_sweep(cfg) if settings is None else plan_cells(cfg, settings)
         with ResultsStore(cfg.store) as store:
             est = estimate_plan(plan, store, calibrate=not args.no_calibrate)
         print(format_estimate(est, cfg.batch_size))
@@ -145,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
             f"{res.grid_images}); {res.computed} cells computed now; store {cfg.store}"
         )
         return 0
-    summary = run_sweep(cfg, evaluate=evaluate, progress=progress)
+    summary = run_sweep(cfg, evaluate=evaluate, progress=progress, settings=settings)
     print(
         json.dumps(
             {
