@@ -125,7 +125,11 @@ def _check_vae_dir(vae_dir: str | Path, dataset: str | None) -> Path:
 
 
 def _resolve(
-    sweep_cfg: SweepConfig, vae_dir: str | Path, n_images: int | None, split: str
+    sweep_cfg: SweepConfig,
+    vae_dir: str | Path,
+    n_images: int | None,
+    split: str,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Everything the floors depend on: protocol, N, the floor images' split and the VAE."""
     from ldmscale.autoencoder import load_autoencoder, vae_fingerprint
@@ -150,7 +154,9 @@ def _resolve(
         )
     _, source = load_prompts(sweep_cfg)
     protocol = metric_protocol(sweep_cfg, source)
-    ds = load_dataset(sweep_cfg.dataset, split=split, resolution=sweep_cfg.resolution)
+    ds = load_dataset(
+        sweep_cfg.dataset, split=split, resolution=sweep_cfg.resolution, progress=progress
+    )
     if len(ds) < n:
         raise FloorsError(
             f"the {split} split of {sweep_cfg.dataset} has {len(ds)} images, fewer than the "
@@ -215,7 +221,7 @@ def compute_floors(
     from ldmscale.sweep import prepare_metrics
 
     t0 = time.perf_counter()
-    r = _resolve(sweep_cfg, vae_dir, n_images, split)
+    r = _resolve(sweep_cfg, vae_dir, n_images, split, progress)
     protocol, n, ds = r["protocol"], r["n"], r["dataset"]
     prepare_metrics(protocol, progress)
     real = ds.images_uint8(list(range(n)))
@@ -359,9 +365,13 @@ def floor_values(floors: dict[str, Any], metric: str) -> dict[str, float]:
 
 def _fmt(v: dict[str, float]) -> str:
     value, lo, hi = (float(v[k]) for k in ("value", "lo", "hi"))
+
+    def num(x: float) -> str:
+        return f"{x:.3f}" if abs(x) < 10 else f"{x:.1f}"
+
     if not all(math.isfinite(x) for x in (value, lo, hi)):
-        return f"{value:.4g}"
-    return f"{value:.4g} [{lo:.4g}, {hi:.4g}]"
+        return num(value)
+    return f"{num(value)} [{num(lo)}, {num(hi)}]"
 
 
 def format_floors(floors: dict[str, Any]) -> str:
