@@ -156,3 +156,79 @@ def test_export_parquet_without_pyarrow_says_how_to_fix(tmp_path, monkeypatch):
         store.put(make_row(0))
         with pytest.raises(StoreError, match="pip install pyarrow"):
             store.export_parquet(tmp_path / "r.parquet")
+
+
+#: The table as schema version 1 wrote it (ldmscale 4f38506), for the migration test.
+V1_DDL = """
+CREATE TABLE cells (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, cell_id TEXT NOT NULL UNIQUE, model TEXT NOT NULL,
+    model_path TEXT, model_hash TEXT NOT NULL, c INTEGER, params INTEGER, norm_cost REAL,
+    sampler TEXT NOT NULL, steps INTEGER NOT NULL, guidance REAL NOT NULL,
+    n_images INTEGER NOT NULL, nfe REAL, sampling_cost REAL, flops REAL, metrics TEXT NOT NULL,
+    protocol TEXT NOT NULL, provenance TEXT NOT NULL, created_at TEXT NOT NULL
+);
+CREATE INDEX cells_group ON cells (model_hash, sampler, steps);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1');
+"""
+
+
+def _v1_store(path, seeds_of_rows):
+    con = sqlite3.connect(path)
+    con.executescript(V1_DDL)
+    for i, seeds in enumerate(seeds_of_rows):
+        r = make_row(i, provenance={"seeds": seeds, "code_version": "old"})
+        con.execute(
+            "INSERT INTO cells (cell_id, model, model_path, model_hash, c, params, norm_cost, "
+            "sampler, steps, guidance, n_images, nfe, sampling_cost, flops, metrics, protocol, "
+            "provenance, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [r[k] for k in ("cell_id", "model", "model_path", "model_hash", "c", "params")]
+            + [r[k] for k in ("norm_cost", "sampler", "steps", "guidance", "n_images", "nfe")]
+            + [r["sampling_cost"], r["flops"], json.dumps(r["metrics"])]
+            + [json.dumps(r["protocol"]), json.dumps(r["provenance"]), "2024-01-01T00:00:00"],
+        )
+    con.commit()
+    con.close()
+
+
+def test_a_version_1_store_is_migrated_in_place(tmp_path):
+    from ldmscale.store import SCHEMA_VERSION, V2_COLUMNS
+
+    path = tmp_path / "old.sqlite"
+    _v1_store(path, [list(range(16)), list(range(5, 21))])
+    with ResultsStore(path) as store:
+        old = store.rows()
+        assert [r["cell_id"] for r in old] == ["cell000", "cell001"]
+        assert [r["timestep_spacing"] for r in old] == ["leading", "leading"]
+        assert [r["seed0"] for r in old] == [0, 5]  # from each row's stored seeds
+        assert all(r[k] is None for r in old for k in ("train_step", "train_compute", "train_seed"))
+        assert old[0]["metrics"]["fd_probe"]["value"] == 10.0
+        assert store.put(make_row(2, timestep_spacing="trailing", seed0=10_000, train_step=100))
+        assert [r["cell_id"] for r in store.rows(timestep_spacing="leading")] == [
+            "cell000",
+            "cell001",
+        ]
+        assert store.get("cell002")["seed0"] == 10_000 and store.get("cell002")["train_step"] == 100
+    con = sqlite3.connect(path)
+    columns = {r[1] for r in con.execute("PRAGMA table_info(cells)")}
+    version = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+    con.close()
+    assert {name for name, _ in V2_COLUMNS} <= columns
+    assert int(version) == SCHEMA_VERSION == 2
+    with ResultsStore(path) as store:  # reopening a migrated file changes nothing
+        assert len(store) == 3 and store.get("cell001")["seed0"] == 5
+
+
+def test_new_columns_default_and_newer_schema_is_refused(tmp_path):
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        store.put(make_row(0, provenance={"seeds": [3, 4], "code_version": "t"}))
+        row = store.get("cell000")
+        assert (row["timestep_spacing"], row["seed0"], row["train_seed"]) == ("leading", 3, None)
+        flat = flatten_row(make_row(1))
+        assert flat["timestep_spacing"] == "leading" and flat["seed0"] == 0
+    con = sqlite3.connect(tmp_path / "r.sqlite")
+    con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="schema version 3"):
+        ResultsStore(tmp_path / "r.sqlite")

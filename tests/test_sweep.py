@@ -733,3 +733,330 @@ def test_fast_frechet_matches_the_metrics_module():
     assert fast_frechet(stats_mean, stats_cov)(few) == pytest.approx(
         frechet_distance_features(few, ref), rel=1e-6
     )
+
+
+# --------------------------------------------------------------------------------------
+# Protocol: timestep spacing, seed sets, explicit cell lists, checkpoint rows, cell rows
+# --------------------------------------------------------------------------------------
+
+#: A cell and row-cache family computed by the code of 4f38506, before spacing and seed sets
+#: were part of a cell: a ``leading`` cell on seed set 0 must keep these ids.
+OLD_PROTOCOL = {
+    "metrics": ["alignment", "fd_probe"],
+    "bootstrap": 10,
+    "ci_level": 0.95,
+    "reference": {"dataset": "d", "split": "validation", "resolution": 32, "fingerprint": "fp"},
+    "prompts": {"source": "config", "cycled": False, "available": 4},
+    "probe": {"steps": 600},
+    "clip_model": None,
+}
+OLD_CELL_ID = "ad8c2f4f887b2608c7beb75b"
+OLD_FAMILY = "b63cf36ae2fd39b57dc825f3"
+
+
+def _old_style_cell(**over) -> Cell:
+    from ldmscale.sweep import ModelInfo
+
+    model = ModelInfo("/m", "m", "0123456789abcdef0123456789abcdef", 8, 100, 0.025, {})
+    kw = dict(
+        model=model,
+        sampler="ddim",
+        steps=8,
+        guidance=3.0,
+        prompts=("a red circle", "a blue square"),
+        seeds=(0, 1),
+        protocol=OLD_PROTOCOL,
+    )
+    kw.update(over)
+    return Cell(**kw)
+
+
+def test_leading_cells_keep_their_old_ids_and_families():
+    cell = _old_style_cell()
+    assert cell.timestep_spacing == "leading"
+    assert cell.cell_id == OLD_CELL_ID
+    assert cell.family == OLD_FAMILY
+    assert cell.sampler_config == {"name": "ddim", "steps": 8, "guidance": 3.0}
+    # explicitly leading is the same cell; another spacing or seed set is not
+    assert _old_style_cell(timestep_spacing="leading").cell_id == OLD_CELL_ID
+    trailing = _old_style_cell(timestep_spacing="trailing")
+    assert trailing.cell_id != OLD_CELL_ID and trailing.family != OLD_FAMILY
+    assert trailing.sampler_config["timestep_spacing"] == "trailing"
+    fresh = _old_style_cell(seeds=(10_000, 10_001))
+    assert fresh.seed0 == 10_000
+    assert fresh.cell_id != OLD_CELL_ID and fresh.family != OLD_FAMILY
+
+
+def test_spacings_match_the_sampler_and_are_validated():
+    from ldmscale.sampling import SPACINGS
+    from ldmscale.sweep import SPACINGS as SWEEP_SPACINGS
+
+    assert SWEEP_SPACINGS == SPACINGS
+    assert SweepConfig().timestep_spacings == ("leading",)
+    with pytest.raises(ConfigError, match="timestep_spacings"):
+        SweepConfig(timestep_spacings=("even",))
+    with pytest.raises(ConfigError, match="timestep_spacings"):
+        SweepConfig(timestep_spacings=())
+    with pytest.raises(ConfigError, match="seed0"):
+        SweepConfig(seed0=-1)
+
+
+def test_spacing_is_a_grid_dimension_stored_with_each_cell(models, tmp_path):
+    base = small_cfg(models, tmp_path)
+    both = base.replace(timestep_spacings=("trailing", "leading"))
+    leading_ids = [c.cell_id for c in plan_sweep(base).cells]
+    plan = plan_sweep(both)
+    assert len(plan.cells) == 2 * len(leading_ids)
+    by_spacing = {s: [c for c in plan.cells if c.timestep_spacing == s] for s in SPACINGS_USED}
+    # the leading half of the two-spacing grid is exactly the old grid
+    assert sorted(c.cell_id for c in by_spacing["leading"]) == sorted(leading_ids)
+    assert {c.cell_id for c in by_spacing["trailing"]}.isdisjoint(leading_ids)
+    # guidance is optimized within (model, sampler, steps, spacing)
+    assert {c.group[3] for c in plan.cells} == {"leading", "trailing"}
+    assert len({c.group for c in plan.cells}) == 2 * len({c.group for c in by_spacing["leading"]})
+    from ldmscale.sweep import grid_settings
+
+    assert {s[3] for s in grid_settings(both)} == {"leading", "trailing"}
+    with ResultsStore(both.store) as store:
+        run_sweep(both, store, synthetic_evaluate, progress=False)
+        rows = store.rows()
+        trailing = store.rows(timestep_spacing="trailing")
+    assert len(rows) == len(plan.cells) and len(trailing) == len(leading_ids)
+    assert all(
+        r["provenance"]["sampler_config"]["timestep_spacing"] == "trailing" for r in trailing
+    )
+    assert {r["timestep_spacing"] for r in rows} == {"leading", "trailing"}
+    assert {r["seed0"] for r in rows} == {0}
+
+
+SPACINGS_USED = ("leading", "trailing")
+
+
+@pytest.fixture
+def fake_sampling(monkeypatch):
+    """The real :func:`evaluate_cell` with sampling and scoring replaced by arithmetic: image
+    ``i`` "is" its seed, and its alignment row is ``seed + 1000 * guidance``. Records every
+    SamplerConfig and the seeds sampled with it."""
+    import types
+
+    calls: list[tuple] = []
+
+    def generate(model, prompts, seeds, cfg, batch_size=16, progress=False):
+        calls.append((cfg, list(seeds)))
+        images = np.zeros((len(seeds), 2, 2, 3), np.float64)
+        images[:, 0, 0, 0] = np.asarray(seeds) + 1000 * cfg.guidance
+        return types.SimpleNamespace(
+            images=images, nfe=cfg.steps, flops=2.0 * len(seeds), sampling_cost=0.1 * cfg.steps
+        )
+
+    def metric_rows(images, prompts, protocol):
+        return {"alignment": images[:, 0, 0, 0].astype(np.float64)}, {"alignment": "fake"}
+
+    monkeypatch.setattr("ldmscale.sampling.generate", generate)
+    monkeypatch.setattr("ldmscale.sweep.metric_rows", metric_rows)
+    monkeypatch.setattr("ldmscale.sweep.prepare_metrics", lambda *a, **k: None)
+    monkeypatch.setattr(
+        "ldmscale.sweep._load_model_cached", lambda m: types.SimpleNamespace(norm_cost=0.1)
+    )
+    return calls
+
+
+def test_evaluate_cell_samples_with_the_cells_spacing(models, tmp_path, fake_sampling):
+    from ldmscale.sweep import evaluate_cell
+
+    cfg = small_cfg(models, tmp_path, metrics=("alignment",), steps=(4,), samplers=("ddim",))
+    for spacing in ("trailing", "leading", "linspace"):
+        cell = plan_sweep(cfg.replace(timestep_spacings=(spacing,))).cells[0]
+        evaluate_cell(cell)
+        assert fake_sampling[-1][0].timestep_spacing == spacing
+        assert fake_sampling[-1][0].steps == 4 and fake_sampling[-1][0].name == "ddim"
+
+
+def test_seed_sets_have_their_own_rows_and_cell_rows_reads_them(models, tmp_path, fake_sampling):
+    from ldmscale.rowcache import family_key
+    from ldmscale.sweep import cell_rows, metric_statistic
+
+    rows_dir = tmp_path / "rows"
+    cfg = small_cfg(
+        models[:1],
+        tmp_path,
+        metrics=("alignment",),
+        samplers=("ddim",),
+        steps=(4,),
+        guidance=(3.0,),
+        n_images=8,
+        rows_dir=str(rows_dir),
+    )
+    fresh = cfg.replace(seed0=10_000)
+    # seed0 = 0 keeps the old family key; another seed0 gets its own
+    sampler = {"name": "ddim", "steps": 4, "guidance": 3.0}
+    assert family_key("h", sampler, OLD_PROTOCOL, 0) == family_key("h", sampler, OLD_PROTOCOL)
+    assert family_key("h", sampler, OLD_PROTOCOL, 10_000) != family_key("h", sampler, OLD_PROTOCOL)
+    with ResultsStore(cfg.store) as store:
+        run_sweep(cfg, store, progress=False)
+        run_sweep(fresh, store, progress=False)
+        # growing seed set 0 afterwards reuses its 8 images: the fresh set did not replace them
+        run_sweep(cfg.replace(n_images=12), store, progress=False)
+        rows = store.rows()
+    assert [r["seed0"] for r in rows] == [0, 10_000, 0]
+    assert [seeds for _, seeds in fake_sampling] == [
+        list(range(8)),
+        list(range(10_000, 10_008)),
+        list(range(8, 12)),
+    ]
+    assert len(list(rows_dir.glob("*.npz"))) == 2
+    assert rows[2]["provenance"]["extra"]["reused_images"] == 8
+    for row in rows:
+        assert row["provenance"]["rows_dir"] == str(rows_dir.resolve())
+        got = cell_rows(row)  # the folder from the row's provenance
+        n, s0 = row["n_images"], row["seed0"]
+        np.testing.assert_array_equal(got["alignment"], np.arange(s0, s0 + n) + 3000.0)
+        value = metric_statistic("alignment", row["protocol"], got["alignment"])
+        assert value == pytest.approx(row["metrics"]["alignment"]["value"])
+        assert metric_statistic("alignment", row["protocol"])(got["alignment"]) == value
+    # the 8-image cell of seed set 0 reads the first 8 of the (now 12-image) family file
+    assert len(cell_rows(rows[0], rows_dir)["alignment"]) == 8
+    # misses are None, never someone else's images
+    assert cell_rows(rows[0], tmp_path / "nowhere") is None
+    assert cell_rows({**rows[0], "n_images": 13}) is None
+    other_seeds = {**rows[0]["provenance"], "seeds": list(range(1, 9))}
+    assert cell_rows({**rows[0], "seed0": None, "provenance": other_seeds}) is None
+    other_prompts = {**rows[0]["provenance"], "prompt_keys_hash": "0" * 16}
+    assert cell_rows({**rows[0], "provenance": other_prompts}) is None
+    no_dir = {k: v for k, v in rows[0]["provenance"].items() if k != "rows_dir"}
+    assert cell_rows({**rows[0], "provenance": no_dir}) is None
+    assert cell_rows({**rows[0], "provenance": no_dir}, rows_dir) is not None
+
+
+def test_plan_cells_evaluates_exactly_the_listed_settings_and_resumes(models, tmp_path):
+    from ldmscale.sweep import plan_cells
+
+    cfg = small_cfg(models[:1], tmp_path)  # the grid names only models[0]
+    settings = [
+        (models[1], "ddim", 50, 3.0, "trailing"),
+        (models[0], "ddim", 8, 3.0, "leading"),  # also a grid cell
+        (models[1], "ddpm", 16, 1.0, "trailing"),
+        (models[0], "dpmpp", 32, 2.0, "trailing"),  # above dpmpp_max_steps: kept, noted
+        (models[1], "ddim", 50, 3.0, "trailing"),  # a duplicate
+    ]
+    plan = plan_cells(cfg, settings)
+    got = [
+        (c.model.name, c.sampler, c.steps, c.guidance, c.timestep_spacing, c.n_images)
+        for c in plan.cells
+    ]
+    # grouped by model in order of first appearance, the duplicate dropped
+    assert got == [
+        ("c16", "ddim", 50, 3.0, "trailing", 16),
+        ("c16", "ddpm", 16, 1.0, "trailing", 16),
+        ("c8", "ddim", 8, 3.0, "leading", 16),
+        ("c8", "dpmpp", 32, 2.0, "trailing", 16),
+    ]
+    assert any("duplicate" in n for n in plan.notes) and any("kept" in n for n in plan.notes)
+    grid_ids = {c.cell_id for c in plan_sweep(cfg).cells}
+    assert plan.cells[2].cell_id in grid_ids  # the same cell as the grid's
+    with ResultsStore(cfg.store) as store:
+        run_sweep(cfg, store, synthetic_evaluate, progress=False)  # the grid first
+        summary = run_sweep(cfg, store, synthetic_evaluate, progress=False, settings=settings)
+        assert (summary.planned, summary.skipped, summary.computed) == (4, 1, 3)
+        again = run_sweep(cfg, store, synthetic_evaluate, progress=False, settings=settings)
+        assert again.computed == 0 and again.skipped == 4
+        ids = store.cell_ids()
+    assert {c.cell_id for c in plan.cells} <= ids and len(ids) == len(grid_ids) + 3
+    # a fresh seed set of the same settings is new cells with seeds 10000 onwards
+    fresh = plan_cells(cfg.replace(seed0=10_000), settings[:1])
+    assert fresh.cells[0].seeds == tuple(range(10_000, 10_016))
+    assert fresh.cells[0].cell_id not in ids
+    # an explicit context fixes prompts, seeds and protocol
+    ctx = plan_sweep(cfg).context
+    assert plan_cells(cfg, settings[:1], ctx).cells[0].cell_id == plan.cells[0].cell_id
+    for bad, match in [
+        ([(models[0], "euler", 4, 2.0, "leading")], "unknown sampler"),
+        ([(models[0], "ddim", 0, 2.0, "leading")], "steps"),
+        ([(models[0], "ddim", 4.5, 2.0, "leading")], "steps"),
+        ([(models[0], "ddim", 4, -1.0, "leading")], "guidance"),
+        ([(models[0], "ddim", 4, 2.0, "even")], "timestep spacing"),
+        ([(models[0], "ddim", 4, 2.0)], "model_path, sampler"),
+        ([], "at least one"),
+    ]:
+        with pytest.raises(SweepError, match=match):
+            plan_cells(cfg, bad)
+    with pytest.raises(SweepError, match="not both"):
+        run_sweep(cfg, progress=False, plan=plan, settings=settings)
+
+
+def test_checkpoint_keys_are_read_into_rows(tmp_path, tiny_sd_dir):
+    import shutil
+
+    final = make_tiny_ldmscale_model(tmp_path, tiny_sd_dir, "c8-seed1", 8, 0.025)
+    meta_path = final / "ldmscale_model.json"
+    keys = {"total_steps": 400, "seed": 1, "run": "c8-seed1"}
+    meta = json.loads(meta_path.read_text())
+
+    def at(step: int) -> str:
+        return json.dumps(
+            {**meta, **keys, "train_step": step, "train_compute": 0.025 * step,
+             "images_seen": 64 * step}
+        )  # fmt: skip
+
+    meta_path.write_text(at(400))
+    ckpt = final.parent / "evals" / "step-0000100"
+    shutil.copytree(final, ckpt)
+    (ckpt / "ldmscale_model.json").write_text(at(100))
+    a, b = describe_model(final), describe_model(ckpt)
+    assert (a.name, b.name) == ("c8-seed1", "c8-seed1/step-0000100")
+    assert a.hash != b.hash  # its own model, though the weights here are the same
+    assert (b.train_step, b.total_steps, b.train_compute) == (100, 400, 2.5)
+    assert (b.images_seen, b.train_seed, b.run) == (6400, 1, "c8-seed1")
+    plain = describe_model(make_tiny_ldmscale_model(tmp_path, tiny_sd_dir, "old", 8, 0.025))
+    assert (plain.train_step, plain.train_compute, plain.train_seed, plain.run) == (None,) * 4
+    # only the step recorded: the compute is norm_cost x step
+    only_step = make_tiny_ldmscale_model(tmp_path, tiny_sd_dir, "partial", 8, 0.025)
+    m = json.loads((only_step / "ldmscale_model.json").read_text())
+    (only_step / "ldmscale_model.json").write_text(json.dumps({**m, "train_step": 200}))
+
+    cfg = SweepConfig(
+        models=(str(final), str(ckpt), str(plain.path), str(only_step)),
+        samplers=("ddim",),
+        steps=(4,),
+        guidance=(2.0,),
+        n_images=4,
+        prompts=PROMPTS,
+        store=str(tmp_path / "r.sqlite"),
+        bootstrap=0,
+    )
+    with ResultsStore(cfg.store) as store:
+        run_sweep(cfg, store, synthetic_evaluate, progress=False)
+        rows = {r["model"]: r for r in store.rows()}
+    assert (rows["c8-seed1"]["train_step"], rows["c8-seed1"]["train_compute"]) == (400, 10.0)
+    ck = rows["c8-seed1/step-0000100"]
+    assert (ck["train_step"], ck["train_compute"], ck["train_seed"]) == (100, 2.5, 1)
+    assert ck["provenance"]["model_config"]["images_seen"] == 6400
+    assert (rows["old"]["train_step"], rows["old"]["train_compute"]) == (None, None)
+    assert rows["old"]["train_seed"] is None
+    assert rows["partial"]["train_compute"] == pytest.approx(0.025 * 200)
+
+
+def test_cli_spacing_seed0_and_cells(models, tmp_path, capsys):
+    from ldmscale.cli import main
+
+    cfg = small_cfg(models, tmp_path, samplers=("ddim",), steps=(4,))
+    path = cfg.save(tmp_path / "sweep.json")
+    ev = ["--evaluator", f"{__name__}:synthetic_evaluate", "--no-progress"]
+    dry = ["--dry-run", "--no-calibrate"]
+    assert (
+        main(["sweep", "--config", str(path), "--timestep-spacing", "trailing,leading", *dry]) == 0
+    )
+    assert "cells: 12" in capsys.readouterr().out  # 2 models x 2 spacings x 3 guidance
+    assert main(["sweep", "--config", str(path), "--timestep-spacing", "even", *dry]) == 2
+    assert "timestep_spacings" in capsys.readouterr().err
+    cells = tmp_path / "cells.json"
+    cells.write_text(json.dumps([[models[1], "ddim", 16, 2.5, "trailing"]]))
+    assert main(["sweep", "--config", str(path), "--cells", str(cells), "--seed0", "7", *ev]) == 0
+    assert json.loads(capsys.readouterr().out)["computed"] == 1
+    (row,) = ResultsStore(cfg.store).rows()
+    assert (row["model"], row["steps"], row["guidance"]) == ("c16", 16, 2.5)
+    assert (row["timestep_spacing"], row["seed0"]) == ("trailing", 7)
+    assert row["provenance"]["seeds"] == list(range(7, 23))
+    cells.write_text('{"not": "a list"}')
+    assert main(["sweep", "--config", str(path), "--cells", str(cells), *ev]) == 2
+    assert "JSON list" in capsys.readouterr().err
