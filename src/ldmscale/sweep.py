@@ -511,12 +511,7 @@ def resolve(cfg: SweepConfig, models: Sequence[str | Path] | None = None) -> Swe
     paths = list(cfg.models if models is None else models)
     if not paths:
         raise SweepError("the sweep has no models: set `models` (model folders) or pass --models")
-    infos: list[ModelInfo] = []
-    for p in paths:
-        info = describe_model(p)
-        if info.hash not in {m.hash for m in infos}:
-            infos.append(info)
-    models_ = infos
+    models_ = [describe_model(p) for p in paths]  # a model listed twice: the plan drops its cells
     prompts, source = load_prompts(cfg)
     seeds = tuple(range(cfg.seed0, cfg.seed0 + cfg.n_images))
     return SweepContext(
