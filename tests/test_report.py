@@ -78,7 +78,9 @@ def test_report_is_self_contained_and_escaped(tmp_path, inputs):
     assert "38,800,580" in page and "Paper-scale family" in page
     assert "training loss" in page.lower() and "no checkpoint was scored" in page
     assert "Primary metric: <b>fid</b>" in page
-    assert "wins" in page and "tie between" in page and "confidence intervals overlap" in page
+    assert "wins" in page and "tie between" in page and "CI includes 0" in page
+    assert "Verdict 1: widths at equal sampling cost" in page and "cost ratio" in page
+    assert "No floors were given" in page and "same images: biased" in page
     # No temporary folders left beside the report.
     assert sorted(p.name for p in (tmp_path).iterdir() if p.name.startswith(".")) == []
 
@@ -94,7 +96,7 @@ def test_report_fig3_uses_checkpoint_metric_when_present(tmp_path):
     (out / "stale.txt").write_text("old")
     page = build_report(rows, [], [], out, primary_metric="fid").read_text()
     assert not (out / "stale.txt").exists()  # replaced as a whole
-    assert "fid of each width&#x27;s checkpoints" in page
+    assert "fid of each width&#x27;s scored checkpoints" in page
     assert "training loss" not in page.lower()
     assert "No sample grids were given" in page
     assert len(_imgs(page)) == 4

@@ -125,9 +125,16 @@ def _run_dir(model_path: Any) -> str | None:
 
 def run_key(row: dict) -> tuple:
     """The training run a row's model comes from: ``(run, c, train_seed)`` where ``run`` is the
-    row's ``train_run``, else the run folder of ``model_path``, else the model name. The model
-    name alone is not enough: two seeds of one width may share it."""
-    run = row.get("train_run") or _run_dir(row.get("model_path")) or str(row["model"])
+    row's ``train_run`` (or the ``run`` its model config records), else the run folder of
+    ``model_path``, else the model name. The model name alone is not enough: two seeds of one
+    width may share it."""
+    cfg = (row.get("provenance") or {}).get("model_config") or {}
+    run = (
+        row.get("train_run")
+        or (cfg.get("run") if isinstance(cfg, dict) else None)
+        or _run_dir(row.get("model_path"))
+        or str(row["model"])
+    )
     return (str(run), row.get("c"), train_seed_of(row))
 
 
@@ -994,13 +1001,15 @@ def quality_table(
         s0 = seed0_of(r)
         if s0 not in (select_seed0, report_seed0):
             continue
+        got = {m: to_point(r, m) for m in metrics}
+        if not any(got.values()):
+            continue
         rec = records.setdefault(model_key(r), {"points": {}, "seed0": {}})
-        for m in metrics:
-            p = to_point(r, m)
+        for m, p in got.items():
             if p is None:
                 continue
             have = rec["seed0"].get(m)
-            if have == report_seed0 and s0 != report_seed0:
+            if report_seed0 is not None and have == report_seed0 and s0 != report_seed0:
                 continue  # keep the fresh row
             rec["points"][m] = p
             rec["seed0"][m] = s0
