@@ -217,3 +217,151 @@ def test_report_renders_in_headless_chromium(tmp_path, inputs):
         timeout=120,
     )
     assert shot.is_file() and Image.open(shot).size == (1200, 1600)
+
+
+# ----------------------------------------------------------------------------- the new protocol
+
+
+def _protocol_study() -> tuple[list[dict], dict[str, np.ndarray], dict]:
+    """Synthetic rows of the new protocol with per-image alignment rows: c=8 (one seed) and
+    c=32 (two training seeds), DDIM and DDPM, trailing spacing plus a leading control, seed
+    sets 0 (select) and 1000 (fresh), checkpoint rows of c=32 seed 0, and floors."""
+    rng = np.random.default_rng(0)
+    hard = rng.random(64)  # per-prompt difficulty shared by every cell
+    rows, cache = [], {}
+    models = (("h8", 8, 0.25, None, 0.0), ("h32a", 32, 1.0, 0, 0.15), ("h32b", 32, 1.0, 1, 0.12))
+    for h, c, nc, seed, gain in models:
+        for sampler in ("ddim", "ddpm"):
+            for spacing, steps_list in (("trailing", (4, 8, 16, 50)), ("leading", (4, 16))):
+                for steps in steps_list:
+                    for w in (1.5, 2.0, 3.0, 4.0):
+                        for seed0 in (0, 1000):
+                            # c=8 peaks at the grid's low edge; c=32 inside it.
+                            opt = 1.0 if c == 8 else 3.0
+                            q = 0.3 + gain - 0.05 * abs(w - opt) - 0.4 / steps
+                            q -= 0.05 if spacing == "leading" else 0.0
+                            noise = rng.normal(0, 0.02, 64)
+                            hits = np.clip(q + 0.5 * (hard - 0.5) + noise, 0, 1)
+                            v = float(hits.mean())
+                            cid = f"{h}-{sampler}-{spacing}-{steps}-{w}-{seed0}"
+                            cache[cid] = hits
+                            rows.append(
+                                {
+                                    "cell_id": cid,
+                                    "model": f"shapes-c{c}",
+                                    "model_hash": h,
+                                    "model_path": f"/runs/c{c}-s{seed}/model",
+                                    "c": c,
+                                    "params": c * 1000,
+                                    "norm_cost": nc,
+                                    "sampler": sampler,
+                                    "steps": steps,
+                                    "guidance": w,
+                                    "sampling_cost": nc * steps,
+                                    "n_images": 64,
+                                    "timestep_spacing": spacing,
+                                    "seed0": seed0,
+                                    "train_seed": seed,
+                                    "train_step": 4000,
+                                    "train_compute": nc * 4000,
+                                    "metrics": {
+                                        "alignment": {
+                                            "value": v,
+                                            "lo": v - 0.07,
+                                            "hi": v + 0.07,
+                                            "n": 64,
+                                        }
+                                    },  # fmt: skip
+                                }
+                            )
+    for step in (500, 1000, 2000):
+        v = 0.45 * step / 2000
+        rows.append(
+            {
+                **rows[-1],
+                "cell_id": f"ckpt-{step}",
+                "model_hash": f"h32a-{step}",
+                "model_path": f"/runs/c32-s0/checkpoints/step-{step}",
+                "train_seed": 0,
+                "sampler": "ddim",
+                "steps": 50,
+                "guidance": 3.0,
+                "timestep_spacing": "trailing",
+                "seed0": 1000,
+                "sampling_cost": 50.0,
+                "train_step": step,
+                "train_compute": 1.0 * step,
+                "metrics": {"alignment": {"value": v, "lo": v - 0.05, "hi": v + 0.05, "n": 64}},
+            }
+        )
+    floors = {
+        "alignment": {
+            "real": {"value": 1.0, "lo": 0.99, "hi": 1.0, "n": 256},
+            "reconstruction": {"value": 0.9, "lo": 0.86, "hi": 0.93, "n": 256},
+        }
+    }
+    return rows, cache, floors
+
+
+def test_report_protocol_pieces(tmp_path):
+    from ldmscale.paired import RowSource
+
+    rows, cache, floors = _protocol_study()
+    source = RowSource(
+        rows_fn=lambda r: {"alignment": cache[r["cell_id"]]} if r["cell_id"] in cache else None
+    )
+    page = build_report(
+        rows, [], [], tmp_path / "rep", floors=floors, source=source, n_boot=100
+    ).read_text()
+    # Spacing: the verdicts use trailing, the leading control is a labelled series.
+    assert "Verdicts at <b>trailing</b> timestep spacing (also stored: leading" in page
+    assert "dashed squares: leading spacing (a control, not in the verdicts)" in page
+    # Fresh seeds: every optimum reported on seed set 1000.
+    assert "reported on seed set 1000 (fresh)" in page
+    assert "Every optimum&#x27;s value is reported on a fresh seed set" in page
+    # Edge flags: c=8 peaks below the grid (8 optima: 2 samplers x 4 steps), counted.
+    assert "8 of 24 optima sit at the edge of their guidance grid (low: 8, high: 0)" in page
+    assert "LOW EDGE" in page
+    # Identity by hash: two seeds of c=32 are two models, with their spread.
+    assert "c=32 seed 0" in page and "c=32 seed 1" in page
+    assert "Seed-to-seed spread" in page
+    # Table 1's quality row at DDIM 50 steps; floors as table rows.
+    assert "DDIM, 50 steps, guidance 3" in page and "floor: real" in page
+    assert (
+        "real held-out images" in page and "autoencoder reconstructions: 0.9 [0.86, 0.93]" in page
+    )
+    # Paired verdicts: the per-sampler equal-cost tables and the budget verdicts.
+    assert "<h3>DDIM</h3>" in page and "<h3>DDPM</h3>" in page
+    assert "(paired, n=64)" in page and "by paired bootstrap over shared prompts" in page
+    assert "CI overlap" not in page.split("Verdict 2")[0].split("Verdict 1")[1]
+    # Fig. 3 from the scored checkpoints of c=32 seed 0 (plus each run's final row).
+    assert "each width&#x27;s scored checkpoints" in page and "training loss" not in page.lower()
+    assert "Horizontal lines: floors" in page
+
+
+def test_fig3_plots_checkpoints_per_run_against_train_compute(tmp_path):
+    from ldmscale.report import Analysis, fig_training
+
+    rows, _cache, floors = _protocol_study()
+    import matplotlib.axes
+
+    calls = []
+    orig = matplotlib.axes.Axes.errorbar
+
+    def spy(self, x, y, *a, **k):
+        calls.append((k.get("label"), list(x), list(y)))
+        return orig(self, x, y, *a, **k)
+
+    matplotlib.axes.Axes.errorbar = spy
+    try:
+        made = fig_training(
+            rows, [], "alignment", tmp_path / "f3.png", Analysis("alignment", floors=floors)
+        )
+    finally:
+        matplotlib.axes.Axes.errorbar = orig
+    assert made is not None and made[0].is_file()
+    by_label = {lab: (x, y) for lab, x, y in calls}
+    # Run c=32 seed 0: checkpoints at 500/1000/2000 and its final model at 4000 (train_compute).
+    assert by_label["c=32 seed 0"][0] == [500.0, 1000.0, 2000.0, 4000.0]
+    assert by_label["c=32 seed 0"][1][:3] == pytest.approx([0.1125, 0.225, 0.45])
+    assert "seed set 1000" in made[1] and "real images: 1" in made[1]
