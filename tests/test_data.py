@@ -397,3 +397,23 @@ def test_cli_shapes_and_check(tmp_path, capsys):
     assert main(["data", "check", str(out), "--resolution", "16", "--skip-bad", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["train"]["records"] == 5 and summary["train"]["skipped"] == 1
+
+
+def test_one_object_variant(tmp_path: Path) -> None:
+    one = generate_shapes(tmp_path / "one", n_train=40, n_val=4, resolution=16, max_objects=1)
+    two = generate_shapes(tmp_path / "two", n_train=40, n_val=4, resolution=16)
+    info = json.loads((one / "dataset.json").read_text())
+    assert info["max_objects"] == 1 and "max_objects" not in json.loads(
+        (two / "dataset.json").read_text()
+    )
+    rows = [json.loads(x) for x in (one / "train" / "metadata.jsonl").read_text().splitlines()]
+    assert all(len(r["attributes"]["objects"]) == 1 for r in rows)
+    assert all(" and " not in r["text"] for r in rows)
+    rows2 = [json.loads(x) for x in (two / "train" / "metadata.jsonl").read_text().splitlines()]
+    assert any(len(r["attributes"]["objects"]) == 2 for r in rows2)
+    # Images with one object in the default variant are the same examples in both.
+    for r1, r2 in zip(rows, rows2):
+        if len(r2["attributes"]["objects"]) == 1:
+            assert r1["text"] == r2["text"]
+    with pytest.raises(DataError, match="max_objects"):
+        generate_shapes(tmp_path / "bad", n_train=2, n_val=1, resolution=16, max_objects=3)

@@ -236,3 +236,19 @@ def test_cli_errors_exit_2(capsys, argv, message):
     assert main(["family", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_fixed_head_width_keeps_params_and_sets_heads() -> None:
+    from ldmscale.family import UNetSpec, count_params, normalized_cost
+
+    small = dict(context_dim=32, context_len=8, latent_size=8, layers_per_block=1)
+    sd = UNetSpec(c=32, **small)
+    fixed = UNetSpec(c=32, head_dim=16, **small)
+    assert fixed.block_heads == (2, 4, 8, 8) and sd.block_heads == 8
+    assert count_params(fixed) == count_params(sd)
+    assert fixed.unet_config()["attention_head_dim"] == (2, 4, 8, 8)
+    # The reference of the normalized cost is SD's layout at c=320 for both.
+    assert normalized_cost(fixed) == pytest.approx(normalized_cost(sd), rel=0.05)
+    assert UNetSpec(c=12, head_dim=16, **small).block_heads == (1, 1, 3, 3)
+    with pytest.raises(ConfigError):
+        UNetSpec(c=32, head_dim=-1)

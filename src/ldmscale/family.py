@@ -65,6 +65,10 @@ class UNetSpec(Config):
     context_dim: width of the text tokens the cross-attention reads (1024 in the paper).
     context_len: number of text tokens (77 in the paper).
     latent_channels, latent_size: the latent the UNet denoises (4 x 64 x 64 in the paper).
+    heads: attention heads in every block (SD's 8) when ``head_dim`` is 0.
+    head_dim: when > 0, a fixed head *width* instead: each block gets ``width // head_dim``
+        heads (at least 1). A choice for narrow CPU widths, where SD's 8 heads are 1-4
+        channels wide; it changes no parameter count, so Table 1 stays exact.
     """
 
     c: int = 320
@@ -74,9 +78,17 @@ class UNetSpec(Config):
     latent_size: int = 64
     layers_per_block: int = 2
     heads: int = SD_HEADS
+    head_dim: int = 0
 
     def __post_init__(self) -> None:
-        validate_width(self.c, self.heads)
+        if self.head_dim < 0:
+            raise ConfigError(
+                f"UNetSpec.head_dim must be >= 0 (0 = fixed head count), got {self.head_dim}"
+            )
+        if self.head_dim:
+            validate_width(self.c, 1)
+        else:
+            validate_width(self.c, self.heads)
         for name in ("context_dim", "context_len", "latent_channels", "latent_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"UNetSpec.{name} must be >= 1, got {getattr(self, name)}")
@@ -85,6 +97,14 @@ class UNetSpec(Config):
                 f"UNetSpec.latent_size must be a multiple of 8 (three 2x downsamplings), "
                 f"got {self.latent_size}"
             )
+
+    @property
+    def block_heads(self) -> int | tuple[int, ...]:
+        """Head count per block (diffusers' ``attention_head_dim``, SD's naming for it)."""
+        if not self.head_dim:
+            return self.heads
+        c = self.c
+        return tuple(max(1, w // self.head_dim) for w in (c, 2 * c, 4 * c, 4 * c))
 
     @property
     def norm_num_groups(self) -> int:
@@ -112,7 +132,7 @@ class UNetSpec(Config):
             block_out_channels=(c, 2 * c, 4 * c, 4 * c),
             layers_per_block=self.layers_per_block,
             cross_attention_dim=self.context_dim,
-            attention_head_dim=self.heads,  # diffusers' SD naming: this is the head count
+            attention_head_dim=self.block_heads,  # diffusers' SD naming: the head count
             norm_num_groups=self.norm_num_groups,
             flip_sin_to_cos=True,
             freq_shift=0,
@@ -211,8 +231,9 @@ def count_gflops(spec: UNetSpec, convention: str = "xla") -> float:
 def normalized_cost(
     spec: UNetSpec, reference_c: int = REFERENCE_WIDTH, convention: str = "xla"
 ) -> float:
-    """GFLOPs of ``spec`` divided by GFLOPs of the same spec with ``c = reference_c``."""
-    reference = spec.replace(c=reference_c)
+    """GFLOPs of ``spec`` divided by GFLOPs of the same spec with ``c = reference_c`` and SD's
+    head layout (8 heads: the paper's reference model at this latent and context)."""
+    reference = spec.replace(c=reference_c, head_dim=0, heads=SD_HEADS)
     return count_gflops(spec, convention) / count_gflops(reference, convention)
 
 

@@ -19,7 +19,11 @@ The text-to-image objective is SD's denoising objective:
   uses as the unconditional branch);
 - target ``eps`` (``prediction_type="epsilon"``) or ``v = sqrt(abar_t) eps -
   sqrt(1 - abar_t) z`` (``"v_prediction"``, diffusers ``get_velocity``); loss is the
-  mean squared error in float32.
+  mean squared error in float32;
+- optional Min-SNR-gamma weighting (Hang et al. 2023, ``min_snr_gamma > 0``): each row's
+  squared error is weighted by ``min(SNR_t, gamma) / SNR_t`` (epsilon target) or
+  ``min(SNR_t, gamma) / (SNR_t + 1)`` (v target), ``SNR_t = abar_t / (1 - abar_t)``; this
+  is the x0-error weighting clipped at ``gamma``, so low-noise steps stop dominating.
 
 To add an objective (super-resolution, DreamBooth, distillation): write a class
 with ``name``, ``required_keys`` (the cached tensors it reads per row) and
@@ -90,6 +94,7 @@ class TextToImage:
     scaling_factor: float
     prediction_type: str = "epsilon"
     caption_dropout: float = 0.1
+    min_snr_gamma: float = 0.0
     name: str = "t2i"
     required_keys: tuple[str, ...] = ("latent_mean", "latent_std", "embeddings")
 
@@ -116,16 +121,34 @@ class TextToImage:
         else:
             target = self.scheduler.get_velocity(z, noise, t)
         pred = model(noisy, t, encoder_hidden_states=cond).sample
-        return F.mse_loss(pred.float(), target.float())
+        if not self.min_snr_gamma:
+            return F.mse_loss(pred.float(), target.float())
+        err = (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, pred.ndim)))
+        return (
+            min_snr_weights(self.scheduler, t, self.min_snr_gamma, self.prediction_type) * err
+        ).mean()
 
 
-def _build_t2i(*, null_embedding, scaling_factor, prediction_type, caption_dropout, **_):
+def min_snr_weights(
+    scheduler: Any, t: torch.Tensor, gamma: float, prediction_type: str
+) -> torch.Tensor:
+    """Min-SNR-gamma loss weights per timestep (float32, on ``t``'s device)."""
+    abar = scheduler.alphas_cumprod.to(t.device)[t].float()
+    snr = abar / (1 - abar)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
+
+
+def _build_t2i(
+    *, null_embedding, scaling_factor, prediction_type, caption_dropout, min_snr_gamma=0.0, **_
+):
     return TextToImage(
         scheduler=make_noise_scheduler(prediction_type),
         null_embedding=null_embedding,
         scaling_factor=float(scaling_factor),
         prediction_type=prediction_type,
         caption_dropout=float(caption_dropout),
+        min_snr_gamma=float(min_snr_gamma),
     )
 
 

@@ -31,6 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-val", type=int, default=500, help="validation images (default 500)")
     p.add_argument("--resolution", type=int, default=32, help="image side in pixels (default 32)")
     p.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    p.add_argument(
+        "--max-objects",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="objects per image: 2 = one or two (default), 1 = the one-object variant",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing different folder")
     p.set_defaults(func=_shapes)
 
@@ -56,6 +63,7 @@ def _shapes(args: argparse.Namespace) -> int:
         resolution=args.resolution,
         seed=args.seed,
         overwrite=args.overwrite,
+        max_objects=args.max_objects,
     )
     print(
         f"shapes dataset in {root}: {args.n_train} train + {args.n_val} validation images at "

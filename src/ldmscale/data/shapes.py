@@ -69,13 +69,18 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_IDS[split], index]))
 
 
-def sample_objects(rng: np.random.Generator, resolution: int) -> list[dict[str, Any]]:
-    """Draw one or two objects' attributes and their pixel boxes.
+def sample_objects(
+    rng: np.random.Generator, resolution: int, max_objects: int = 2
+) -> list[dict[str, Any]]:
+    """Draw one to ``max_objects`` (1 or 2) objects' attributes and their pixel boxes.
 
     ``bbox`` is ``[x0, y0, x1, y1]`` in pixels of the ``resolution`` image, as floats
     (x1, y1 exclusive). Objects sit in distinct quadrants, so boxes never overlap.
+    The count is drawn first (also for ``max_objects=1``), so the default variant's
+    draws are unchanged.
     """
     n = 1 + int(rng.integers(2))
+    n = min(n, max_objects)
     positions = rng.choice(len(VOCAB["position"]), size=n, replace=False)
     cell = resolution / 2
     objects = []
@@ -134,17 +139,23 @@ def render(objects: list[dict[str, Any]], resolution: int) -> Image.Image:
 
 
 def make_example(
-    seed: int, split: str, index: int, resolution: int
+    seed: int, split: str, index: int, resolution: int, max_objects: int = 2
 ) -> tuple[Image.Image, str, dict]:
     """Image, caption and attributes of example ``index`` of ``split`` (pure function of its args)."""
-    objects = sample_objects(_rng(seed, split, index), resolution)
+    objects = sample_objects(_rng(seed, split, index), resolution, max_objects)
     attributes = {"objects": objects, "background": BACKGROUND}
     return render(objects, resolution), caption_for(objects), attributes
 
 
-def dataset_info(n_train: int, n_val: int, resolution: int, seed: int) -> dict[str, Any]:
-    """The ``dataset.json`` content of a shapes dataset with these parameters."""
-    return {
+def dataset_info(
+    n_train: int, n_val: int, resolution: int, seed: int, max_objects: int = 2
+) -> dict[str, Any]:
+    """The ``dataset.json`` content of a shapes dataset with these parameters.
+
+    ``max_objects`` is recorded only for the one-object variant (``1``), so folders of the
+    default two-object variant written before it existed still match.
+    """
+    info: dict[str, Any] = {
         "name": "shapes",
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
@@ -154,6 +165,10 @@ def dataset_info(n_train: int, n_val: int, resolution: int, seed: int) -> dict[s
         "vocabulary": VOCAB,
         "caption_template": "a <size> <color> <shape> at the <position> [and ...]",
     }
+    if max_objects != 2:
+        info["max_objects"] = max_objects
+        info["caption_template"] = "a <size> <color> <shape> at the <position>"
+    return info
 
 
 def generate_shapes(
@@ -164,8 +179,12 @@ def generate_shapes(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool | None = None,
+    max_objects: int = 2,
 ) -> Path:
     """Write the shapes dataset to ``root`` and return ``root``.
+
+    ``max_objects``: 2 (the default: one or two objects per image) or 1 (the one-object
+    variant, every caption names exactly one object; easier to learn, used by CPU presets).
 
     If ``root`` already holds a shapes dataset with the same parameters it is kept
     as is (generation is deterministic). A different existing ``root`` is replaced
@@ -179,7 +198,9 @@ def generate_shapes(
         raise DataError(
             f"shapes: need n_train >= 0, n_val >= 0 and some images, got {n_train}, {n_val}"
         )
-    info = dataset_info(n_train, n_val, resolution, seed)
+    if max_objects not in (1, 2):
+        raise DataError(f"shapes: max_objects must be 1 or 2, got {max_objects}")
+    info = dataset_info(n_train, n_val, resolution, seed, max_objects)
     if root.exists():
         existing = root / "dataset.json"
         if existing.is_file():
@@ -203,7 +224,7 @@ def generate_shapes(
             width = max(5, len(str(max(n - 1, 0))))
             lines = []
             for i in range(n):
-                img, caption, attributes = make_example(seed, split, i, resolution)
+                img, caption, attributes = make_example(seed, split, i, resolution, max_objects)
                 name = f"{i:0{width}d}.png"
                 img.save(folder / name, format="PNG", optimize=False)
                 lines.append(
