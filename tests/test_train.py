@@ -24,7 +24,9 @@ from ldmscale.train import (
     RunMismatchError,
     TrainConfig,
     TrainingDivergedError,
+    eval_dir,
     find_resume_checkpoint,
+    log_spaced_steps,
     step_generator,
     train,
     verify_checkpoint,
@@ -380,6 +382,85 @@ def test_train_from_dataset_builds_caches(tmp_path, tiny_shapes):
     assert info["unet_spec"]["context_dim"] == 384 and info["unet_spec"]["context_len"] == 8
     assert info["unet_spec"]["latent_size"] == 8
     assert info["text_encoder"]["kind"] == "minilm" and info["text_encoder"]["max_length"] == 8
+
+
+# ----------------------------------------------------------------------------- kept checkpoints
+
+
+def test_log_spaced_steps():
+    for total, n, first in [(2000, 8, 50), (10, 10, 1), (100, 5, 1), (7, 3, 5), (6, 1, 1)]:
+        out = log_spaced_steps(total, n, first)
+        assert len(out) == n and list(out) == sorted(set(out)), out
+        assert out[-1] == total and out[0] >= first and (n == 1 or out[0] == first)
+    out = log_spaced_steps(10_000, 6, 10)
+    ratios = [b / a for a, b in zip(out, out[1:])]
+    assert max(ratios) / min(ratios) < 1.05  # geometric, not linear
+    for bad in [(10, 12, 1), (10, 2, 11), (10, 0, 1), (0, 1, 1)]:
+        with pytest.raises(ValueError, match="log_spaced_steps"):
+            log_spaced_steps(*bad)
+
+
+MODEL_KEYS = {"train_step", "total_steps", "train_compute", "images_seen", "seed", "run"}
+
+
+def _info(folder: Path) -> dict:
+    return json.loads((folder / "ldmscale_model.json").read_text())
+
+
+def test_eval_exports_at_requested_steps_survive_keep_last(tmp_path, caches):
+    cfg = make_cfg(caches, tmp_path / "myrun", steps=6, eval_steps=(5, 1, 3), keep_last=1, seed=7)
+    run = train(cfg, progress=False)
+    assert sorted(p.name for p in (run / "evals").iterdir()) == [
+        "step-0000001",
+        "step-0000003",
+        "step-0000005",
+    ]
+    assert [p.name for p in (run / "checkpoints").glob("step-*")] == ["step-0000006"]
+    final = _info(run / "model")
+    for step in (1, 3, 5):
+        info = _info(eval_dir(run, step))
+        assert MODEL_KEYS <= set(info)
+        assert info["train_step"] == step and info["total_steps"] == 6
+        assert info["images_seen"] == step * 4 and info["seed"] == 7 and info["run"] == "myrun"
+        assert math.isclose(info["train_compute"], final["norm_cost"] * step)
+        assert (eval_dir(run, step) / "vae" / "config.json").is_file()
+        assert (eval_dir(run, step) / "scheduler" / "scheduler_config.json").is_file()
+    assert final["train_step"] == 6 and final["images_seen"] == 24 and final["run"] == "myrun"
+    w = [unet_file(eval_dir(run, s) / "unet").read_bytes() for s in (1, 3, 5)]
+    assert len(set(w)) == 3  # three different EMA states
+    with pytest.raises(ConfigError, match="eval_steps"):
+        train(cfg.replace(run_dir=str(tmp_path / "bad"), eval_steps=(7,)), progress=False)
+
+
+def test_eval_exports_resume_after_interruption_bitwise(tmp_path, caches):
+    kw = dict(steps=8, eval_steps=(1, 3, 5, 8), checkpoint_every=2, keep_last=1)
+    ref = train(make_cfg(caches, tmp_path / "ref", **kw), progress=False)
+    cfg = make_cfg(caches, tmp_path / "run", **kw)
+
+    def die(step: int) -> None:
+        if step == 5:  # eval 5 exported, newest checkpoint is step 4
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, on_step=die)
+    run = Path(cfg.run_dir)
+    assert (eval_dir(run, 5) / "ldmscale_model.json").is_file()
+    assert not eval_dir(run, 8).exists()
+    stamp = (eval_dir(run, 5) / "ldmscale_model.json").stat().st_mtime_ns
+    train(cfg, progress=False)  # resumes from step 4, redoes step 5, skips its export
+    assert (eval_dir(run, 5) / "ldmscale_model.json").stat().st_mtime_ns == stamp
+    for sub in ["model/unet"] + [f"evals/step-{s:07d}/unet" for s in (1, 3, 5, 8)]:
+        assert unet_file(run / sub).read_bytes() == unet_file(ref / sub).read_bytes(), sub
+    # A deleted export is rebuilt from its step's checkpoint when one is kept, else a warning.
+    shutil.rmtree(eval_dir(run, 8))
+    shutil.rmtree(eval_dir(run, 3))
+    with pytest.warns(UserWarning, match=r"step-0000003.*no checkpoint"):
+        train(cfg, progress=False)
+    assert (
+        unet_file(eval_dir(run, 8) / "unet").read_bytes()
+        == unet_file(eval_dir(ref, 8) / "unet").read_bytes()
+    )
+    assert _info(eval_dir(run, 8))["train_step"] == 8
 
 
 # ----------------------------------------------------------------------------- slow

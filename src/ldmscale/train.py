@@ -117,6 +117,7 @@ class TrainConfig(Config):
     checkpoint_every: int = 500
     keep_last: int = 2
     log_every: int = 10
+    eval_steps: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
@@ -428,7 +429,7 @@ def find_resume_checkpoint(run_dir: Path) -> Path | None:
 def claim_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool) -> None:
     """Create the run folder, or check that it belongs to ``cfg`` (refuse to mix runs)."""
     cfg_file = run_dir / "train_config.json"
-    ours = ("train_config.json", "log.jsonl", "checkpoints", "model")
+    ours = ("train_config.json", "log.jsonl", "checkpoints", "model", EVALS_DIR)
     if overwrite:
         for name in ours:
             p = run_dir / name
@@ -488,6 +489,86 @@ def _append_line(path: Path, record: dict[str, Any]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ----------------------------------------------------------------------------- kept checkpoints (Fig. 3)
+
+EVALS_DIR = "evals"
+
+
+def log_spaced_steps(total: int, n: int, first: int) -> tuple[int, ...]:
+    """``n`` distinct training steps, sorted, roughly geometric from ``first`` to ``total``.
+
+    The last step is always ``total``; rounding collisions are pushed apart by one step, so
+    the result has exactly ``n`` entries (``n <= total - first + 1`` is required). Use it for
+    ``TrainConfig.eval_steps`` (the paper's Fig. 3 samples checkpoints on a log axis).
+    """
+    if total < 1 or first < 1 or first > total:
+        raise ValueError(
+            f"log_spaced_steps: need 1 <= first <= total, got first={first}, total={total}"
+        )
+    if n < 1 or n > total - first + 1:
+        raise ValueError(
+            f"log_spaced_steps: n={n} must be in [1, {total - first + 1}] "
+            f"(the number of steps from {first} to {total})"
+        )
+    if n == 1:
+        return (total,)
+    ratio = total / first
+    raw = [round(first * ratio ** (i / (n - 1))) for i in range(n)]
+    out = []
+    for v in raw:  # strictly increasing ...
+        out.append(max(v, out[-1] + 1) if out else v)
+    for i in range(n - 1, -1, -1):  # ... and never past total (room for the later ones)
+        out[i] = min(out[i], total - (n - 1 - i))
+    return tuple(out)
+
+
+def check_eval_steps(cfg: TrainConfig) -> tuple[int, ...]:
+    """``cfg.eval_steps`` validated (each in ``[1, cfg.steps]``, no repeats), sorted."""
+    steps = tuple(int(s) for s in cfg.eval_steps)
+    bad = [s for s in steps if not 1 <= s <= cfg.steps]
+    if bad:
+        raise ConfigError(
+            f"TrainConfig.eval_steps: steps {bad} are outside [1, steps={cfg.steps}]; "
+            "e.g. use ldmscale.train.log_spaced_steps(steps, n, first)"
+        )
+    if len(set(steps)) != len(steps):
+        raise ConfigError(f"TrainConfig.eval_steps={list(steps)} has repeated steps")
+    return tuple(sorted(steps))
+
+
+def eval_dir(run_dir: str | Path, step: int) -> Path:
+    """The kept EMA model of step ``step``: ``<run_dir>/evals/step-<NNNNNNN>/``."""
+    return Path(run_dir) / EVALS_DIR / f"step-{step:07d}"
+
+
+def export_is_complete(folder: Path) -> bool:
+    """True when ``folder`` is a finished model export (it is written atomically, its
+    ``ldmscale_model.json`` last inside the temporary folder)."""
+    info = folder / "ldmscale_model.json"
+    unet = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    if not (info.is_file() and unet.is_file()):
+        return False
+    try:
+        return isinstance(json.loads(info.read_text()).get("train_step"), int)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def training_state_keys(cfg: TrainConfig, train_step: int, norm_cost: float) -> dict[str, Any]:
+    """The keys every exported model's ``ldmscale_model.json`` carries about its training:
+    ``train_step``, ``total_steps`` (``cfg.steps``), ``train_compute`` (norm cost x
+    ``train_step``, the paper's Fig. 3 axis), ``images_seen`` (``train_step x batch_size``),
+    ``seed`` (``cfg.seed``) and ``run`` (the run folder's name)."""
+    return {
+        "train_step": int(train_step),
+        "total_steps": int(cfg.steps),
+        "train_compute": float(norm_cost) * int(train_step),
+        "images_seen": int(train_step) * int(cfg.batch_size),
+        "seed": int(cfg.seed),
+        "run": Path(cfg.run_dir).resolve().name,
+    }
 
 
 # ----------------------------------------------------------------------------- costs
@@ -562,6 +643,7 @@ def train(
         )
     if not Path(cfg.vae).is_dir():
         raise ConfigError(f"TrainConfig.vae: autoencoder folder not found: {cfg.vae}")
+    eval_steps = set(check_eval_steps(cfg))
 
     # Run folder and resume point (main process decides; the others follow).
     if is_main:
@@ -632,6 +714,10 @@ def train(
         raise TrainError(f"objective {cfg.objective!r} needs cached tensors {missing}")
 
     costs = model_costs(spec) if is_main else {}
+    if is_main:
+        _restore_past_evals(
+            run_dir, sorted(s for s in eval_steps if s <= start_step), cfg, spec, cond, costs
+        )
     t0 = time.time()
     bar = tqdm(
         total=cfg.steps,
@@ -688,6 +774,11 @@ def train(
             )
         if done % cfg.log_every == 0 or done == cfg.steps:
             acc_loss, acc_n = 0.0, 0
+        if is_main and done in eval_steps and not export_is_complete(eval_dir(run_dir, done)):
+            # Before this step's checkpoint: a kill in between redoes the step and the export.
+            export_model(
+                eval_dir(run_dir, done), ema.model, cfg, spec, cond, costs, train_step=done
+            )
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             fp = accelerator.gather(_params_fingerprint(raw_unet).reshape(1, 2))
             if world > 1 and not bool((fp == fp[0]).all()):
@@ -717,6 +808,31 @@ def train(
         export_model(run_dir / "model", ema.model, cfg, spec, cond, costs)
     accelerator.wait_for_everyone()
     return run_dir
+
+
+def _restore_past_evals(
+    run_dir: Path, steps: list[int], cfg: TrainConfig, spec: UNetSpec, cond: Conditioning, costs
+) -> None:
+    """On resume: re-export kept models of steps already trained whose folder is missing
+    (deleted by hand), from the checkpoint of that step when it still exists; else warn."""
+    for step in steps:
+        out = eval_dir(run_dir, step)
+        if export_is_complete(out):
+            continue
+        ck = run_dir / "checkpoints" / f"step-{step:07d}"
+        try:
+            verify_checkpoint(ck)
+        except CheckpointError:
+            warnings.warn(
+                f"kept model {out} is missing and step {step} is behind the resume point with no "
+                f"checkpoint left to rebuild it from; rerun with --overwrite to regenerate it",
+                stacklevel=3,
+            )
+            continue
+        from diffusers import UNet2DConditionModel
+
+        ema_unet = UNet2DConditionModel.from_pretrained(ck / "unet_ema")
+        export_model(out, ema_unet, cfg, spec, cond, costs, train_step=step)
 
 
 def _save_checkpoint(ckdir: Path, step: int, unet, ema: EMA, state: dict, cfg, world: int) -> Path:
@@ -785,8 +901,16 @@ def export_model(
     spec: UNetSpec,
     cond: Conditioning,
     costs: dict[str, float],
+    *,
+    train_step: int | None = None,
 ) -> Path:
-    """Write the model folder of the contract: unet/ (EMA), vae/, scheduler/, ldmscale_model.json."""
+    """Write the model folder of the contract: unet/ (EMA), vae/, scheduler/, ldmscale_model.json.
+
+    ``train_step`` (default ``cfg.steps``) is the step the weights belong to; the json gets
+    :func:`training_state_keys` for it. The folder is written atomically (a kill leaves the
+    old folder or none).
+    """
+    step = cfg.steps if train_step is None else int(train_step)
     text_encoder = cfg.text_encoder or cond.text_encoder
     if text_encoder is None:
         text_encoder = {"kind": "minilm", "path": None, "max_length": spec.context_len}
@@ -815,6 +939,7 @@ def export_model(
                 "gflops_xla": costs["gflops_xla"],
                 "gflops_dense": costs["gflops_dense"],
                 "train_steps": cfg.steps,
+                **training_state_keys(cfg, step, costs["norm_cost"]),
                 "train_config": cfg.to_dict(),
                 "code_version": code_version(),
             },
