@@ -73,7 +73,8 @@ class RunMismatchError(TrainError):
 class TrainConfig(Config):
     """Everything that determines a training run (and nothing that does not).
 
-    Model: ``c`` (base width), ``layers_per_block``, ``heads``; the context width/length and
+    Model: ``c`` (base width), ``layers_per_block``, ``heads`` (or a fixed ``head_dim``, see
+    :class:`ldmscale.family.UNetSpec`); the context width/length and
     the latent shape come from the caches.
     Conditioning: either ``latents`` + ``embeddings`` (cache files), or ``data`` (a dataset
     folder) + ``vae`` + ``text_encoder`` (``TextEncoderSpec`` fields), from which the caches
@@ -84,6 +85,7 @@ class TrainConfig(Config):
     ``adam_beta1/2``, ``adam_eps``; ``grad_clip`` (max global L2 norm, 0 = off);
     ``ema_decay`` (with warm-up ``min(ema_decay, (1+n)/(10+n))`` after n updates).
     ``batch_size`` is global (split over processes). ``caption_dropout`` in [0, 1).
+    ``min_snr_gamma``: Min-SNR-gamma loss weighting (Hang et al. 2023; 0 = off, 5 typical).
     Bookkeeping: ``checkpoint_every``, ``keep_last`` checkpoints, ``log_every`` steps.
     """
 
@@ -91,6 +93,7 @@ class TrainConfig(Config):
     c: int = 64
     layers_per_block: int = 2
     heads: int = 8
+    head_dim: int = 0
     objective: str = "t2i"
     latents: str | None = None
     embeddings: str | None = None
@@ -113,11 +116,13 @@ class TrainConfig(Config):
     mixed_precision: str = "no"
     caption_dropout: float = 0.1
     prediction_type: str = "epsilon"
+    min_snr_gamma: float = 0.0
     seed: int = 0
     checkpoint_every: int = 500
     keep_last: int = 2
     log_every: int = 10
     eval_steps: tuple[int, ...] = ()
+    compile: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
@@ -142,6 +147,8 @@ class TrainConfig(Config):
             raise bad("ema_decay", "must be in [0, 1)")
         if self.grad_clip < 0:
             raise bad("grad_clip", "must be >= 0 (0 turns clipping off)")
+        if self.min_snr_gamma < 0:
+            raise bad("min_snr_gamma", "must be >= 0 (0 turns min-SNR weighting off)")
 
     def unet_spec(self, context_dim: int, context_len: int, channels: int, size: int) -> UNetSpec:
         return UNetSpec(
@@ -152,6 +159,7 @@ class TrainConfig(Config):
             latent_size=size,
             layers_per_block=self.layers_per_block,
             heads=self.heads,
+            head_dim=self.head_dim,
         )
 
 
@@ -708,6 +716,7 @@ def train(
         scaling_factor=cond.scaling_factor,
         prediction_type=cfg.prediction_type,
         caption_dropout=cfg.caption_dropout,
+        min_snr_gamma=cfg.min_snr_gamma,
     )
     missing = [k for k in objective.required_keys if k not in cond.rows]
     if missing:
