@@ -238,6 +238,11 @@ def test_write_read_round_trip_and_damaged_files(tmp_path):
     path = write_floors(tmp_path / "f.json", floors)
     assert read_floors(path) == floors
     assert floor_values(floors, "alignment") == {"real": 1.0, "reconstruction": 0.5}
+    # The frontier/report reader takes the same file (its "meta" block is not a metric).
+    from ldmscale.frontier import load_floors
+
+    assert set(load_floors(path)) == {"alignment"}
+    assert load_floors(path)["alignment"]["reconstruction"]["value"] == 0.5
     with pytest.raises(FloorsError, match="no floors for metric 'fid'"):
         floor_values(floors, "fid")
     bad = json.loads(path.read_text())

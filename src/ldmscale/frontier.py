@@ -898,6 +898,8 @@ def check_floors(data: Any, where: str = "floors") -> dict[str, dict[str, dict[s
         raise FrontierError(f"{where}: expected {{metric: {{kind: {{value, lo, hi, n}}}}}}")
     out: dict[str, dict[str, dict[str, float]]] = {}
     for metric, kinds in data.items():
+        if metric == "meta":  # what produced the floors (ldmscale.floors), not a metric
+            continue
         if not isinstance(kinds, dict):
             raise FrontierError(f"{where}: {metric!r} must map floor kinds to values")
         out[metric] = {}
