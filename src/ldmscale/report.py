@@ -324,6 +324,12 @@ def _mark_edges(ax: Any, x: Sequence[float], ps: Sequence[Point]) -> int:
     return len(xs)
 
 
+def _outside_legend(fig: Figure, ax: Any) -> None:
+    """One legend for the figure, to the right of the axes (never over the data)."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, title="width", fontsize=7, loc="outside right upper")
+
+
 def _samplers_of(rows: Sequence[dict]) -> list[str]:
     have = {str(r["sampler"]) for r in rows}
     return [s for s in SAMPLER_ORDER if s in have] + sorted(have - set(SAMPLER_ORDER))
@@ -417,7 +423,7 @@ def fig_training(
             "= normalized cost x iterations."
         )
     ax.grid(alpha=0.3, which="both")
-    ax.legend(title="width", fontsize=8)
+    _outside_legend(fig, ax)
     return _save(fig, path), caption
 
 
@@ -490,7 +496,7 @@ def fig_guidance(
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel(f"{metric} ({_direction_word(metric)})")
-    axes.flat[0].legend(title="width", fontsize=7)
+    _outside_legend(fig, axes.flat[0])
     caption = (
         f"Quality vs classifier-free guidance (paper Fig. 8): {metric} against guidance scale w "
         f"(eps = u + w (c - u); w = 1 is no guidance) for each width, one panel per step count, "
@@ -572,7 +578,7 @@ def fig_cost(
     _floor_lines(ax, a)
     ax.set_ylabel(f"{metric} at optimal guidance ({_direction_word(metric)})")
     ax.set_title(SAMPLER_NAMES.get(sampler, sampler), fontsize=10)
-    ax.legend(title="width", fontsize=7)
+    _outside_legend(fig, ax)
     caption = (
         f"Sampling efficiency (paper Fig. 9): {metric} at each width's optimal guidance "
         f"(chosen by {a.select_by or metric}) against sampling cost = normalized cost x steps, "
@@ -615,7 +621,7 @@ def fig_samplers(
         _floor_lines(ax, a)
         ax.set_title(SAMPLER_NAMES.get(s, s), fontsize=10)
     axes[0].set_ylabel(f"{metric} at optimal guidance ({_direction_word(metric)})")
-    axes[0].legend(title="width", fontsize=7)
+    _outside_legend(fig, axes[0])
     names = ", ".join(SAMPLER_NAMES.get(s, s) for s, _ in panels)
     caption = (
         f"Samplers compared (paper Fig. 11): the Fig. 9 curves for {names}, same axes, "
@@ -751,10 +757,16 @@ def _table(records: Sequence[dict], columns: Sequence[str] | None = None) -> str
     columns = list(columns or records[0].keys())
     head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
     body = "\n".join(
-        "<tr>" + "".join(f"<td>{_esc(_cell(r.get(c)))}</td>" for c in columns) + "</tr>"
+        "<tr>"
+        + "".join(f"<td{_num_class(r.get(c))}>{_esc(_cell(r.get(c)))}</td>" for c in columns)
+        + "</tr>"
         for r in records
     )
     return f"<table>\n<tr>{head}</tr>\n{body}\n</table>"
+
+
+def _num_class(v: Any) -> str:
+    return " class='num'" if isinstance(v, int | float) and not isinstance(v, bool) else ""
 
 
 def _cell(v: Any) -> str:
@@ -932,8 +944,8 @@ body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;
 padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}
-td:first-child,th:first-child{text-align:left}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}th{background:#f3f3f3}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
 details{margin:.5em 0}summary{cursor:pointer;color:#235}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.9em;color:#444;margin-top:.3em}
