@@ -11,7 +11,7 @@ from ldmscale.cli import main
 from ldmscale.config import ConfigError
 from ldmscale.sampling import SamplerConfig
 from ldmscale.store import ResultsStore
-from ldmscale.study import PRESETS, StudyConfig, dry_run, preset, run_study
+from ldmscale.study import CONFIRM_SEED0, PRESETS, StudyConfig, dry_run, preset, run_study
 from ldmscale.sweep import SweepConfig
 from ldmscale.text import TextEncoderSpec
 from ldmscale.train import TrainConfig
@@ -65,15 +65,30 @@ def test_study_runs_every_stage_and_resumes(tmp_path):
     lines: list[str] = []
     result = run_study(cfg, progress=False, log=lines.append)
 
-    assert set(result.timings) == {"data", "autoencoder", "train", "samples", "sweep", "report"}
+    assert set(result.timings) == {
+        "data", "autoencoder", "train", "samples", "sweep", "confirm", "floors", "report"
+    }  # fmt: skip
     for c in cfg.widths:
         assert (cfg.run_dir(c) / "model" / "ldmscale_model.json").is_file()
         samples = json.loads((cfg.root / "samples" / f"c{c}" / "samples.json").read_text())
         assert len(samples["prompts"]) == cfg.preview_prompts
     with ResultsStore(cfg.root / "results.sqlite") as store:
         rows = store.rows()
-    # 2 widths x 2 samplers x 2 step counts x 2 guidance scales
+    # 2 widths x 2 samplers x 2 step counts x 2 guidance scales, then one optimum per
+    # (width, sampler, steps) group again on the fresh seed set
+    fresh = [r for r in rows if r["seed0"] == CONFIRM_SEED0]
+    rows = [r for r in rows if r["seed0"] == 0]
     assert len(rows) == 16
+    assert len(fresh) == 8
+    for f in fresh:  # the fresh cell repeats a selection-set setting on other seeds
+        assert any(
+            (r["model_hash"], r["sampler"], r["steps"], r["guidance"])
+            == (f["model_hash"], f["sampler"], f["steps"], f["guidance"])
+            for r in rows
+        )
+    floors = json.loads((cfg.root / "floors.json").read_text())
+    assert floors["meta"]["n"] == cfg.sweep.n_images
+    assert 0 <= floors["alignment"]["reconstruction"]["value"] <= 1
     assert {r["c"] for r in rows} == {8, 16}
     assert all("fd_probe" in r["metrics"] and "alignment" in r["metrics"] for r in rows)
     html = result.report.read_text()
