@@ -166,25 +166,13 @@ def tiny_sd_components(c: int = 8):
     scheduler. Same ``c`` -> same weights.
     """
     import torch
-    from diffusers import AutoencoderKL
 
     from ldmscale.family import build_unet
     from ldmscale.objectives import make_noise_scheduler
 
     torch.manual_seed(0)
     unet = build_unet(tiny_unet_spec(c))
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=16,
-        scaling_factor=0.5,
-    )
+    vae = tiny_vae(scaling_factor=0.5)
     tokenizer = tiny_clip_tokenizer(TINY_CTX_LEN)
     text_model = tiny_clip_text_model(tokenizer, TINY_CTX_DIM, max_positions=TINY_CTX_LEN)
     return unet, vae, tokenizer, text_model, make_noise_scheduler()
@@ -327,3 +315,21 @@ def make_study_rows(seed: int = 0, with_checkpoints: bool = False) -> list[dict]
 def study_rows() -> list[dict]:
     """A fresh copy of the synthetic sweep rows (see :func:`make_study_rows`)."""
     return make_study_rows()
+
+
+def tiny_vae(**overrides):
+    """A randomly initialised AutoencoderKL (8, 16) for 16 px images, shared by the tests."""
+    from diffusers import AutoencoderKL
+
+    cfg = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=16,
+    )
+    return AutoencoderKL(**{**cfg, **overrides})

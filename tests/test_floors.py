@@ -40,20 +40,10 @@ def sweep_cfg(tiny_shapes, tmp_path_factory) -> SweepConfig:
 
 def _save_random_vae(folder, seed: int = 0):
     """A randomly initialised AutoencoderKL (8, 16) for 16 px images: a broken autoencoder."""
-    from diffusers import AutoencoderKL
+    from conftest import tiny_vae
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=16,
-    )
+    vae = tiny_vae()
     vae.save_pretrained(folder)
     return folder
 
