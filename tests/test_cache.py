@@ -91,6 +91,24 @@ def test_embedding_cache_contents_and_keys(train_ds, clip, tmp_path, monkeypatch
     assert cache.embedding_cache_path(captions, text_encoder_fingerprint(longer), tmp_path) != path
 
 
+def test_embedding_cache_encodes_each_distinct_caption_once(clip, tmp_path, monkeypatch):
+    captions = ["a red circle", "a blue square", "a red circle", "a red circle", "a blue square"]
+    seen: list[list[str]] = []
+    encode = clip.encode
+
+    def counting(texts, *a, **k):
+        seen.append(list(texts))
+        return encode(texts, *a, **k)
+
+    monkeypatch.setattr(clip, "encode", counting)
+    emb = load_embedding_cache(build_embedding_cache(captions, clip, tmp_path, progress=False))
+    assert seen[0] == ["a red circle", "a blue square"]  # distinct, in first-seen order
+    assert emb.embeddings.shape[0] == len(captions)
+    for i, c in enumerate(captions):  # every row holds its own caption's embedding
+        assert torch.allclose(emb.embeddings[i], encode([c])[0], atol=1e-5)
+    assert not torch.allclose(emb.embeddings[0], emb.embeddings[1])
+
+
 def test_prepare_conditioning_reuses_caches(train_ds, vae, tiny_clip_dir, tmp_path, monkeypatch):
     vae.save_pretrained(tmp_path / "vae")
     spec = TextEncoderSpec(kind="clip", path=str(tiny_clip_dir), max_length=8)

@@ -116,15 +116,23 @@ def build_embedding_cache(
     cache_dir: str | Path,
     progress: bool = True,
 ) -> Path:
-    """Encode every caption with ``encoder`` once; return the cache file (hit or new)."""
+    """Encode every caption with ``encoder`` once; return the cache file (hit or new).
+
+    Each distinct caption is encoded once and copied to its rows (captions are padded to the
+    encoder's fixed length, so a caption's embedding does not depend on its batch): the
+    one-object ``shapes`` variant has 192 distinct captions in 20,000 rows.
+    """
     captions = list(captions)
     path = embedding_cache_path(captions, encoder, cache_dir)
     if path.is_file():
         return path
     if not captions:
         raise CacheError("build_embedding_cache: no captions")
+    distinct = list(dict.fromkeys(captions))
+    row_of = {c: i for i, c in enumerate(distinct)}
+    index = torch.tensor([row_of[c] for c in captions])
     tensors = {
-        "embeddings": encoder.encode(captions, progress=progress).contiguous(),
+        "embeddings": encoder.encode(distinct, progress=progress)[index].contiguous(),
         "null_embedding": encoder.encode([""]).contiguous(),
     }
     metadata = {

@@ -86,6 +86,8 @@ class TrainConfig(Config):
     ``ema_decay`` (with warm-up ``min(ema_decay, (1+n)/(10+n))`` after n updates).
     ``batch_size`` is global (split over processes). ``caption_dropout`` in [0, 1).
     ``min_snr_gamma``: Min-SNR-gamma loss weighting (Hang et al. 2023; 0 = off, 5 typical).
+    ``fused_adamw``: AdamW's fused kernel instead of its foreach loop (same update up to float
+    rounding; see BENCHMARKS.md for what it buys).
     Bookkeeping: ``checkpoint_every``, ``keep_last`` checkpoints, ``log_every`` steps.
     """
 
@@ -122,7 +124,7 @@ class TrainConfig(Config):
     keep_last: int = 2
     log_every: int = 10
     eval_steps: tuple[int, ...] = ()
-    compile: bool = False
+    fused_adamw: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
@@ -596,6 +598,22 @@ def model_costs(spec: UNetSpec) -> dict[str, float]:
 # ----------------------------------------------------------------------------- trainer
 
 
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.AdamW:
+    """AdamW with the config's hyper-parameters: fused kernel or foreach loop (``fused_adamw``).
+
+    Either way one vectorised update over all tensors, never the per-tensor Python loop.
+    """
+    return torch.optim.AdamW(
+        params,
+        lr=cfg.lr,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_eps,
+        weight_decay=cfg.weight_decay,
+        foreach=None if cfg.fused_adamw else True,
+        fused=True if cfg.fused_adamw else None,
+    )
+
+
 def _make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -682,14 +700,7 @@ def train(
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     unet = build_unet(spec)
     ema = EMA(unet, cfg.ema_decay)
-    optimizer = torch.optim.AdamW(
-        unet.parameters(),
-        lr=cfg.lr,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        eps=cfg.adam_eps,
-        weight_decay=cfg.weight_decay,
-        foreach=True,  # one fused loop over all tensors (not the per-tensor Python loop on CPU)
-    )
+    optimizer = make_optimizer(cfg, unet.parameters())
     lr_sched = get_scheduler(
         "constant_with_warmup" if cfg.lr_schedule == "constant" else "cosine",
         optimizer,
