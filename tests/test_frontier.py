@@ -18,6 +18,7 @@ from ldmscale.frontier import (
     metric_direction,
     optimal_guidance,
     pareto_frontier,
+    run_key,
 )
 
 
@@ -392,6 +393,16 @@ def test_final_rows_by_run_not_by_model_name():
             rows.append(r)
     kept = sorted((r["train_seed"], r["train_step"]) for r in final_rows(rows))
     assert kept == [(0, 2000), (1, 1000)]
+
+
+def test_run_key_of_checkpoint_exports_and_final_model():
+    """``<run>/evals/step-N``, ``<run>/checkpoints/x`` and ``<run>/model`` are one run."""
+    keys = {
+        run_key({"model": "m", "c": 8, "model_path": p})
+        for p in ("/r/c8/evals/step-0000050", "/r/c8/checkpoints/step-100", "/r/c8/model")
+    }
+    assert keys == {("/r/c8", 8, None)}
+    assert run_key({"model": "m", "c": 8, "model_path": "/r/c8-b/model"}) != keys.pop()
 
 
 def test_quality_table_fixed_setting_and_spread():

@@ -41,6 +41,7 @@ def micro(out_dir) -> StudyConfig:
             checkpoint_every=2,
             log_every=2,
             layers_per_block=1,
+            eval_steps=(2, 4),
         ),
         preview=SamplerConfig(name="ddim", steps=2, guidance=2.0),
         preview_prompts=4,
@@ -54,6 +55,7 @@ def micro(out_dir) -> StudyConfig:
             metrics=("fd_probe", "alignment"),
             probe_steps=20,
         ),
+        checkpoint_sampler=SamplerConfig("ddim", 2, 3.0, "trailing"),
         primary_metric="fd_probe",
         paper_table=False,
     )
@@ -66,7 +68,8 @@ def test_study_runs_every_stage_and_resumes(tmp_path):
     result = run_study(cfg, progress=False, log=lines.append)
 
     assert set(result.timings) == {
-        "data", "autoencoder", "train", "samples", "sweep", "confirm", "floors", "report"
+        "data", "autoencoder", "train", "samples", "sweep", "confirm", "checkpoints", "floors",
+        "report",
     }  # fmt: skip
     for c in cfg.widths:
         assert (cfg.run_dir(c) / "model" / "ldmscale_model.json").is_file()
@@ -77,7 +80,13 @@ def test_study_runs_every_stage_and_resumes(tmp_path):
     # 2 widths x 2 samplers x 2 step counts x 2 guidance scales, then one optimum per
     # (width, sampler, steps) group again on the fresh seed set
     fresh = [r for r in rows if r["seed0"] == CONFIRM_SEED0]
-    rows = [r for r in rows if r["seed0"] == 0]
+    # Fig. 3: each width's checkpoint at step 2 and its final model (step 4), at the one
+    # fixed setting (ddim x2, w = 3, trailing), with the training compute on the row
+    ckpt = [r for r in rows if r["seed0"] == 0 and r["timestep_spacing"] == "trailing"]
+    assert sorted((r["c"], r["train_step"]) for r in ckpt) == [(8, 2), (8, 4), (16, 2), (16, 4)]
+    assert {(r["sampler"], r["steps"], r["guidance"]) for r in ckpt} == {("ddim", 2, 3.0)}
+    assert all(r["train_compute"] > 0 for r in ckpt)
+    rows = [r for r in rows if r["seed0"] == 0 and r not in ckpt]
     assert len(rows) == 16
     assert len(fresh) == 8
     for f in fresh:  # the fresh cell repeats a selection-set setting on other seeds
@@ -109,6 +118,7 @@ def test_study_runs_every_stage_and_resumes(tmp_path):
     again = run_study(cfg, progress=False, log=lines.append)
     assert any("c=8: trained model found" in line for line in lines)
     assert any("computed 0 cells" in line for line in lines)
+    assert any("checkpoint cells" in line for line in lines)
     assert again.timings["train"] < result.timings["train"]
 
     # A different config in the same folder is refused, naming the fix.
@@ -136,3 +146,31 @@ def test_dry_run_prints_plan_and_cost(capsys):
     # The paper preset's plan (two widths to keep the test short): 64 x 64 latents, CLIP context.
     text = dry_run(preset("paper").replace(widths=(64, 768)))
     assert "768" in text and "4x64x64" in text and "clip" in text
+
+
+def test_cli_runs_every_stage_by_default(monkeypatch, tmp_path):
+    """``ldmscale study`` without ``--stages`` runs all of STAGES (confirm, checkpoints and
+    floors included); ``--stages`` restricts it."""
+    import ldmscale.study as study
+
+    seen: list[tuple[str, ...]] = []
+
+    def fake(cfg, stages=study.STAGES, progress=True, log=print):
+        seen.append(tuple(stages))
+        return study.StudyResult(tmp_path, tmp_path, tmp_path, [], [], None, None, {})
+
+    monkeypatch.setattr(study, "run_study", fake)
+    assert main(["study", "--preset", "tiny", "--out", str(tmp_path / "s")]) == 0
+    assert main(["study", "--out", str(tmp_path / "s"), "--stages", "data,train"]) == 0
+    assert seen == [study.STAGES, ("data", "train")]
+    assert {"confirm", "checkpoints", "floors"} <= set(study.STAGES)
+
+
+def test_tiny_and_trend_presets_follow_the_protocol():
+    tiny, trend = preset("tiny"), preset("trend")
+    for cfg in (tiny, trend):
+        assert cfg.sweep.timestep_spacings == ("trailing",)
+        assert min(cfg.sweep.guidance) == 1.0 and len(cfg.sweep.guidance) >= 5
+        assert cfg.train.eval_steps and cfg.train.eval_steps[-1] == cfg.train.steps
+    assert tiny.max_objects == 1 and trend.max_objects == 2
+    assert trend.sweep.n_images >= 256 and len(trend.widths) >= 4

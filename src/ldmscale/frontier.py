@@ -112,14 +112,15 @@ def train_seed_of(row: dict) -> int | None:
 
 
 def _run_dir(model_path: Any) -> str | None:
-    """The training run folder of a model path: ``<run>/model`` and ``<run>/checkpoints/<x>``
-    (the layout ``ldmscale train`` writes) both give ``<run>``."""
+    """The training run folder of a model path: ``<run>/model``, ``<run>/checkpoints/<x>`` and
+    ``<run>/evals/step-N`` (the layout ``ldmscale train`` writes) all give ``<run>``."""
     if not model_path:
         return None
     p = Path(str(model_path))
     parts = p.parts
-    if "checkpoints" in parts:
-        return str(Path(*parts[: parts.index("checkpoints")]))
+    for sub in ("checkpoints", "evals"):
+        if sub in parts[:-1]:
+            return str(Path(*parts[: parts.index(sub)]))
     return str(p.parent) if p.name == "model" else str(p)
 
 

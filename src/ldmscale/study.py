@@ -10,7 +10,9 @@ same command again finishes an interrupted study. Presets:
 - ``tiny``: the README's main job; 3 widths on 32 px ``shapes``, about 15 minutes on 2 CPU cores;
   its primary metric is FD-probe (Frechet distance on the shapes probe network's features),
   chosen for speed, and the report says so.
-- ``small``: 4 widths spanning more than 4x in cost, the paper's guidance grid, steps 4-50,
+- ``trend``: the tiny recipe on the full ``shapes``, 4 widths spanning 7.7x in cost, 3,000
+  steps each, 256 images per cell; about 4 hours on 2 CPU cores, resumable.
+- ``small``: (superseded by ``trend``) 4 widths spanning more than 4x in cost, the paper's guidance grid, steps 4-50,
   Inception FID; about 1.5 hours on 2 CPU cores.
 - ``paper``: the paper's protocol (widths 64 ... 768, 64 x 64 latents, COCO-2014 validation
   captions from a local COCO folder, 50-step DDIM at guidance 7.5 as the baseline) configured
@@ -42,7 +44,8 @@ class StudyConfig(Config):
 
     out_dir: the study folder (every stage writes below it).
     data: a dataset folder (imagefolder or COCO root); ``None`` generates ``shapes``.
-    n_train, n_val, resolution, seed: the generated ``shapes`` dataset.
+    n_train, n_val, resolution, seed: the generated ``shapes`` dataset; ``max_objects`` 2 (one
+      or two objects per image, the default) or 1 (the one-object variant, docs/data.md).
     vae: a local ``AutoencoderKL`` folder (e.g. SD's VAE) to use instead of training one.
     widths: base widths ``c`` to train.
     train: the training template (``run_dir`` and ``c`` are set per width).
@@ -50,6 +53,8 @@ class StudyConfig(Config):
       *largest* width, the others get the step count that gives the same sampling cost.
     preview_prompts: validation captions in each grid.
     sweep: the sweep template (``models``, ``dataset`` and ``store`` are filled in).
+    checkpoint_sampler: the one fixed setting every kept checkpoint (``train.eval_steps``) and
+      each final model is scored at (``checkpoints`` stage; the report's Fig. 3).
     primary_metric: the metric of the figures and the verdict (None: the most stored one).
     paper_table: include the paper-scale Table 1 (counted once, ~30 s) in the report.
     """
@@ -61,6 +66,7 @@ class StudyConfig(Config):
     n_val: int = 256
     resolution: int = 32
     seed: int = 0
+    max_objects: int = 2
     vae: str | None = None
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     text_encoder: TextEncoderSpec = field(default_factory=TextEncoderSpec)
@@ -69,6 +75,9 @@ class StudyConfig(Config):
     preview: SamplerConfig = field(default_factory=lambda: SamplerConfig("dpmpp", 20, 4.0))
     preview_prompts: int = 8
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    checkpoint_sampler: SamplerConfig = field(
+        default_factory=lambda: SamplerConfig("ddim", 16, 2.0, "trailing")
+    )
     primary_metric: str | None = None
     paper_table: bool = True
 
@@ -121,7 +130,7 @@ class StudyConfig(Config):
 
 
 def preset(name: str, out_dir: str | None = None) -> StudyConfig:
-    """The named preset (``tiny``, ``small`` or ``paper``) as a ``StudyConfig``."""
+    """The named preset (``tiny``, ``trend``, ``small`` or ``paper``) as a ``StudyConfig``."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     cfg = PRESETS[name]()
@@ -129,38 +138,107 @@ def preset(name: str, out_dir: str | None = None) -> StudyConfig:
 
 
 def _tiny() -> StudyConfig:
+    # The recipe that makes a c = 32 model draw its captions within minutes on 2 CPU cores
+    # (docs/study.md, "Convergence"): the one-object shapes variant, an autoencoder trained to
+    # keep colours and small shapes, v-prediction with Min-SNR-5 weighting, 16-channel
+    # attention heads, batch 128 at a high learning rate.
     return StudyConfig(
         out_dir="outputs/study-tiny",
         preset="tiny",
-        n_train=2000,
+        n_train=10000,
         n_val=256,
         resolution=32,
-        autoencoder=AutoencoderConfig(resolution=32, val_images=256, scale_images=512),
-        text_encoder=TextEncoderSpec(kind="minilm", max_length=24),
+        max_objects=1,
+        autoencoder=AutoencoderConfig(
+            resolution=32,
+            latent_channels=8,
+            steps=1200,
+            lr=4e-3,
+            loss="l1+l2",
+            val_images=256,
+            scale_images=512,
+        ),
+        text_encoder=TextEncoderSpec(kind="minilm", max_length=16),
         widths=(8, 16, 32),
         train=TrainConfig(
-            steps=500,
-            batch_size=32,
-            lr=1e-3,
+            steps=TINY_STEPS,
+            batch_size=128,
+            lr=TINY_LR,
             warmup_steps=50,
             ema_decay=0.99,
             checkpoint_every=100,
             log_every=20,
             layers_per_block=1,
+            head_dim=16,
+            prediction_type="v_prediction",
+            min_snr_gamma=5.0,
+            eval_steps=TINY_EVALS,
         ),
-        preview=SamplerConfig(name="dpmpp", steps=20, guidance=4.0),
+        preview=SamplerConfig(name="ddim", steps=16, guidance=2.0, timestep_spacing="trailing"),
         sweep=SweepConfig(
             samplers=("ddim", "ddpm", "dpmpp"),
-            steps=(4, 6, 10, 16),
-            # w = 1 and 1.25 bracket the low optima of small models (16 of 27 sat at 1.5).
-            guidance=(1.0, 1.25, 1.5, 2.0, 4.0, 8.0),
+            steps=(4, 8, 16),
+            # w = 1 brackets the low optima of small models, 5 the high ones.
+            guidance=(1.0, 1.5, 2.0, 3.0, 5.0),
             # trailing: every step count starts at t = 999 (leading starts 4 steps at 751).
             timestep_spacings=("trailing",),
-            n_images=32,
+            n_images=64,
             metrics=("fd_probe", "alignment"),
             batch_size=64,
             dpmpp_max_steps=20,
         ),
+        checkpoint_sampler=SamplerConfig("ddim", 16, 2.0, "trailing"),
+        primary_metric="fd_probe",
+    )
+
+
+def _trend() -> StudyConfig:
+    # The tiny recipe on the full shapes (one or two objects), 4 widths spanning 7.7x in
+    # normalized cost, trained 10x longer, 256 images per cell; sized for 4 hours on 2 CPU
+    # cores (``--dry-run`` prints the estimate). Resumable: rerun the same command.
+    return StudyConfig(
+        out_dir="outputs/study-trend",
+        preset="trend",
+        n_train=20000,
+        n_val=512,
+        resolution=32,
+        autoencoder=AutoencoderConfig(
+            resolution=32,
+            latent_channels=8,
+            steps=3000,
+            lr=4e-3,
+            loss="l1+l2",
+            val_images=512,
+            scale_images=1024,
+        ),
+        text_encoder=TextEncoderSpec(kind="minilm", max_length=24),
+        widths=(8, 16, 24, 32),
+        train=TrainConfig(
+            steps=3000,
+            batch_size=128,
+            lr=3e-3,
+            warmup_steps=100,
+            ema_decay=0.999,
+            checkpoint_every=250,
+            log_every=25,
+            layers_per_block=1,
+            head_dim=16,
+            prediction_type="v_prediction",
+            min_snr_gamma=5.0,
+            eval_steps=(100, 250, 500, 1000, 2000, 3000),
+        ),
+        preview=SamplerConfig(name="ddim", steps=32, guidance=2.0, timestep_spacing="trailing"),
+        sweep=SweepConfig(
+            samplers=("ddim", "ddpm", "dpmpp"),
+            steps=(4, 8, 16, 32),
+            guidance=(1.0, 1.5, 2.0, 3.0, 5.0, 8.0),
+            timestep_spacings=("trailing",),
+            n_images=256,
+            metrics=("fd_probe", "alignment"),
+            batch_size=128,
+            dpmpp_max_steps=20,
+        ),
+        checkpoint_sampler=SamplerConfig("ddim", 16, 2.0, "trailing"),
         primary_metric="fd_probe",
     )
 
@@ -241,7 +319,9 @@ def _paper() -> StudyConfig:
     )
 
 
-PRESETS = {"tiny": _tiny, "small": _small, "paper": _paper}
+TINY_STEPS, TINY_LR, TINY_EVALS = 350, 3e-3, (50, 100, 200, 350)
+
+PRESETS = {"tiny": _tiny, "trend": _trend, "small": _small, "paper": _paper}
 
 
 @dataclass
@@ -259,7 +339,17 @@ class StudyResult:
     verdict: str | None = None
 
 
-STAGES = ("data", "autoencoder", "train", "samples", "sweep", "confirm", "floors", "report")
+STAGES = (
+    "data",
+    "autoencoder",
+    "train",
+    "samples",
+    "sweep",
+    "confirm",
+    "checkpoints",
+    "floors",
+    "report",
+)
 
 #: The fresh seed set the optimal-guidance cells are re-evaluated on (``confirm`` stage), so
 #: the value reported at an optimum is not chosen and measured on the same images.
@@ -314,6 +404,9 @@ def run_study(
     if "confirm" in stages:
         with stage("confirm"):
             _stage_confirm(cfg, progress, log)
+    if "checkpoints" in stages:
+        with stage("checkpoints"):
+            _stage_checkpoints(cfg, progress, log)
     if "floors" in stages:
         with stage("floors"):
             _stage_floors(cfg, progress, log)
@@ -366,7 +459,12 @@ def _stage_data(cfg: StudyConfig, progress: bool) -> None:
         load_dataset(cfg.data, split="train", resolution=cfg.resolution)  # validate early
         return
     generate_shapes(
-        cfg.data_dir(), cfg.n_train, cfg.n_val, resolution=cfg.resolution, seed=cfg.seed
+        cfg.data_dir(),
+        cfg.n_train,
+        cfg.n_val,
+        resolution=cfg.resolution,
+        seed=cfg.seed,
+        max_objects=cfg.max_objects,
     )
 
 
@@ -465,6 +563,35 @@ def _stage_confirm(cfg: StudyConfig, progress: bool, log) -> None:
     run_sweep(sweep_cfg.replace(seed0=CONFIRM_SEED0), progress=progress, settings=settings)
 
 
+def checkpoint_settings(cfg: StudyConfig) -> list[tuple[str, str, int, float, str]]:
+    """The ``checkpoints`` stage's cells: every kept checkpoint export ``<run>/evals/step-N``
+    of every width, and each final model, at ``checkpoint_sampler`` (one fixed setting)."""
+    s = cfg.checkpoint_sampler
+    spacing = s.timestep_spacing or "leading"
+    out = []
+    for c in cfg.widths:
+        evals = cfg.run_dir(c) / "evals"
+        folders = sorted(evals.glob("step-*")) if evals.is_dir() else []
+        for folder in [*folders, cfg.run_dir(c) / "model"]:
+            if (folder / "ldmscale_model.json").is_file():
+                out.append((str(folder), s.name, s.steps, s.guidance, spacing))
+    return out
+
+
+def _stage_checkpoints(cfg: StudyConfig, progress: bool, log) -> None:
+    """Score the kept checkpoints at one fixed setting: the sample metric against training
+    compute (the paper's Fig. 3), the convergence signal of each width."""
+    from ldmscale.sweep import run_sweep
+
+    settings = checkpoint_settings(cfg)
+    if not settings:
+        log("[study]   no kept checkpoints (train.eval_steps is empty)")
+        return
+    s = cfg.checkpoint_sampler
+    log(f"[study]   {len(settings)} checkpoint cells at {s.name} x{s.steps}, w={s.guidance}")
+    run_sweep(cfg.sweep_config(), progress=progress, settings=settings)
+
+
 def _stage_floors(cfg: StudyConfig, progress: bool, log) -> Path:
     """Real held-out and autoencoder-reconstruction floors at the cells' N (``floors.json``)."""
     from ldmscale.floors import ensure_floors, format_floors
@@ -477,7 +604,8 @@ def _stage_floors(cfg: StudyConfig, progress: bool, log) -> Path:
 
 
 def _stage_report(cfg: StudyConfig, samples: list[Path]) -> tuple[Path, str]:
-    from ldmscale.frontier import budget_verdicts, default_metric, optimal_guidance
+    from ldmscale.frontier import Comparer, budget_verdicts, default_metric, optimal_guidance
+    from ldmscale.paired import RowSource
     from ldmscale.report import build_report, load_sample_grids
     from ldmscale.store import ResultsStore
 
@@ -509,10 +637,13 @@ def _stage_report(cfg: StudyConfig, samples: list[Path]) -> tuple[Path, str]:
         title=f"ldmscale study ({cfg.preset})",
         primary_metric=cfg.primary_metric,
         metric_note=note,
+        source=RowSource(cfg.sweep_config().rows_dir),
     )
     metric = cfg.primary_metric or default_metric(rows)
     fresh = CONFIRM_SEED0 if any(int(r.get("seed0") or 0) == CONFIRM_SEED0 for r in rows) else None
-    spans = budget_verdicts(optimal_guidance(rows, metric, report_seed0=fresh))
+    # Paired bootstrap over the shared image indices, from the study's per-image rows.
+    comparer = Comparer(rows, RowSource(cfg.sweep_config().rows_dir))
+    spans = budget_verdicts(optimal_guidance(rows, metric, report_seed0=fresh), comparer=comparer)
     return path, "\n".join(span.text() for span in spans)
 
 

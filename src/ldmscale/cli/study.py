@@ -22,16 +22,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset",
         default="tiny",
-        choices=["tiny", "small", "paper"],
-        help="tiny: 3 widths, ~15 min on 2 CPU cores; small: 4 widths, Inception FID, ~1.5 h; "
-        "paper: the paper's protocol for a GPU cluster",
+        choices=["tiny", "trend", "small", "paper"],
+        help="tiny: 3 widths on one-object shapes, ~15 min on 2 CPU cores; trend: 4 widths on "
+        "the full shapes, 256 images per cell, ~4 h; small: (superseded) Inception FID; paper: "
+        "the paper's protocol for a GPU cluster",
     )
     p.add_argument("--config", type=Path, help="a StudyConfig JSON/TOML file (replaces --preset)")
     p.add_argument("--out", help="study folder (default: the preset's, e.g. outputs/study-tiny)")
     p.add_argument(
         "--stages",
-        default="data,autoencoder,train,samples,sweep,report",
-        help="comma-separated stages to run (earlier outputs are reused)",
+        default=None,
+        help="comma-separated stages to run (earlier outputs are reused); default: all of data, "
+        "autoencoder, train, samples, sweep, confirm, checkpoints, floors, report",
     )
     p.add_argument(
         "--dry-run", action="store_true", help="print the plan and its cost, run nothing"
@@ -42,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ldmscale.study import StudyConfig, dry_run, preset, run_study
+    from ldmscale.study import STAGES, StudyConfig, dry_run, preset, run_study
 
     cfg = StudyConfig.load(args.config) if args.config else preset(args.preset)
     if args.out:
@@ -53,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run(cfg))
         return 0
-    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    stages = STAGES
+    if args.stages:
+        stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     result = run_study(cfg, stages=stages, progress=not args.no_progress)
     print()
     print(f"Study folder:  {result.out_dir}")
