@@ -196,35 +196,22 @@ def _trend() -> StudyConfig:
     # The tiny recipe on the full shapes (one or two objects), 4 widths spanning 7.7x in
     # normalized cost, trained 10x longer, 256 images per cell; sized for 4 hours on 2 CPU
     # cores (``--dry-run`` prints the estimate). Resumable: rerun the same command.
+    tiny = _tiny()
     return StudyConfig(
         out_dir="outputs/study-trend",
         preset="trend",
         n_train=20000,
         n_val=512,
         resolution=32,
-        autoencoder=AutoencoderConfig(
-            resolution=32,
-            latent_channels=8,
-            steps=3000,
-            lr=4e-3,
-            loss="l1+l2",
-            val_images=512,
-            scale_images=1024,
-        ),
+        autoencoder=tiny.autoencoder.replace(steps=3000, val_images=512, scale_images=1024),
         text_encoder=TextEncoderSpec(kind="minilm", max_length=24),
         widths=(8, 16, 24, 32),
-        train=TrainConfig(
+        train=tiny.train.replace(
             steps=3000,
-            batch_size=128,
-            lr=3e-3,
             warmup_steps=100,
             ema_decay=0.999,
             checkpoint_every=250,
             log_every=25,
-            layers_per_block=1,
-            head_dim=16,
-            prediction_type="v_prediction",
-            min_snr_gamma=5.0,
             eval_steps=(100, 250, 500, 1000, 2000, 3000),
         ),
         preview=SamplerConfig(name="ddim", steps=32, guidance=2.0, timestep_spacing="trailing"),
