@@ -12,8 +12,8 @@ same command again finishes an interrupted study. Presets:
   chosen for speed, and the report says so.
 - ``trend``: the tiny recipe on the full ``shapes``, 4 widths spanning 7.7x in cost, 3,000
   steps each, 256 images per cell; about 4 hours on 2 CPU cores, resumable.
-- ``small``: (superseded by ``trend``) 4 widths spanning more than 4x in cost, the paper's guidance grid, steps 4-50,
-  Inception FID; about 1.5 hours on 2 CPU cores.
+- ``small``: (superseded by ``trend``) 4 widths spanning more than 4x in cost, the paper's
+  guidance grid, steps 4-50, Inception FID; about 1.5 hours on 2 CPU cores.
 - ``paper``: the paper's protocol (widths 64 ... 768, 64 x 64 latents, COCO-2014 validation
   captions from a local COCO folder, 50-step DDIM at guidance 7.5 as the baseline) configured
   for a GPU cluster: run it with ``accelerate launch`` and ``--executor ray``; ``--dry-run``
@@ -161,9 +161,9 @@ def _tiny() -> StudyConfig:
         text_encoder=TextEncoderSpec(kind="minilm", max_length=16),
         widths=(8, 16, 32),
         train=TrainConfig(
-            steps=TINY_STEPS,
+            steps=350,
             batch_size=128,
-            lr=TINY_LR,
+            lr=3e-3,
             warmup_steps=50,
             ema_decay=0.99,
             checkpoint_every=100,
@@ -172,7 +172,7 @@ def _tiny() -> StudyConfig:
             head_dim=16,
             prediction_type="v_prediction",
             min_snr_gamma=5.0,
-            eval_steps=TINY_EVALS,
+            eval_steps=(50, 100, 200, 350),
         ),
         preview=SamplerConfig(name="ddim", steps=16, guidance=2.0, timestep_spacing="trailing"),
         sweep=SweepConfig(
@@ -215,17 +215,13 @@ def _trend() -> StudyConfig:
             eval_steps=(100, 250, 500, 1000, 2000, 3000),
         ),
         preview=SamplerConfig(name="ddim", steps=32, guidance=2.0, timestep_spacing="trailing"),
-        sweep=SweepConfig(
-            samplers=("ddim", "ddpm", "dpmpp"),
+        sweep=tiny.sweep.replace(
             steps=(4, 8, 16, 32),
             guidance=(1.0, 1.5, 2.0, 3.0, 5.0, 8.0),
-            timestep_spacings=("trailing",),
             n_images=256,
-            metrics=("fd_probe", "alignment"),
             batch_size=128,
-            dpmpp_max_steps=20,
         ),
-        checkpoint_sampler=SamplerConfig("ddim", 16, 2.0, "trailing"),
+        checkpoint_sampler=tiny.checkpoint_sampler,
         primary_metric="fd_probe",
     )
 
@@ -305,8 +301,6 @@ def _paper() -> StudyConfig:
         primary_metric="fid",
     )
 
-
-TINY_STEPS, TINY_LR, TINY_EVALS = 350, 3e-3, (50, 100, 200, 350)
 
 PRESETS = {"tiny": _tiny, "trend": _trend, "small": _small, "paper": _paper}
 
@@ -553,8 +547,10 @@ def _stage_confirm(cfg: StudyConfig, progress: bool, log) -> None:
 def checkpoint_settings(cfg: StudyConfig) -> list[tuple[str, str, int, float, str]]:
     """The ``checkpoints`` stage's cells: every kept checkpoint export ``<run>/evals/step-N``
     of every width, and each final model, at ``checkpoint_sampler`` (one fixed setting)."""
+    from ldmscale.sweep import DEFAULT_SPACING
+
     s = cfg.checkpoint_sampler
-    spacing = s.timestep_spacing or "leading"
+    spacing = s.timestep_spacing or DEFAULT_SPACING
     out = []
     for c in cfg.widths:
         evals = cfg.run_dir(c) / "evals"
@@ -608,6 +604,9 @@ def _stage_report(cfg: StudyConfig, samples: list[Path]) -> tuple[Path, str]:
             "FD-probe is the Frechet distance on the features of a small probe network trained "
             "on real shapes images (not Inception FID), chosen for speed on a CPU"
         )
+    # Paired bootstrap over the shared image indices, from the study's per-image rows; one
+    # source for the report and the verdict, so each cell's rows are read once.
+    source = RowSource(cfg.sweep_config().rows_dir)
     floors_path = cfg.root / "floors.json"
     floors = None
     if floors_path.is_file():
@@ -624,13 +623,12 @@ def _stage_report(cfg: StudyConfig, samples: list[Path]) -> tuple[Path, str]:
         title=f"ldmscale study ({cfg.preset})",
         primary_metric=cfg.primary_metric,
         metric_note=note,
-        source=RowSource(cfg.sweep_config().rows_dir),
+        source=source,
     )
     metric = cfg.primary_metric or default_metric(rows)
     fresh = CONFIRM_SEED0 if any(int(r.get("seed0") or 0) == CONFIRM_SEED0 for r in rows) else None
-    # Paired bootstrap over the shared image indices, from the study's per-image rows.
-    comparer = Comparer(rows, RowSource(cfg.sweep_config().rows_dir))
-    spans = budget_verdicts(optimal_guidance(rows, metric, report_seed0=fresh), comparer=comparer)
+    points = optimal_guidance(rows, metric, report_seed0=fresh)
+    spans = budget_verdicts(points, comparer=Comparer(rows, source))
     return path, "\n".join(span.text() for span in spans)
 
 
