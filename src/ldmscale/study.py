@@ -7,7 +7,7 @@ Every stage writes into ``<out_dir>`` and is skipped when its output is already 
 the long stages (training, the sweep) resume from where a killed run stopped, so running the
 same command again finishes an interrupted study. Presets:
 
-- ``tiny``: the README's main job; 3 widths on 32 px ``shapes``, about 15 minutes on 2 CPU cores;
+- ``tiny``: the README's main job; 3 widths on 32 px ``shapes``, about 16 minutes on 2 CPU cores;
   its primary metric is FD-probe (Frechet distance on the shapes probe network's features),
   chosen for speed, and the report says so.
 - ``trend``: the tiny recipe on the full ``shapes``, 4 widths spanning 7.7x in cost, 3,000

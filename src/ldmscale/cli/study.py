@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--preset",
         default="tiny",
         choices=["tiny", "trend", "small", "paper"],
-        help="tiny: 3 widths on one-object shapes, ~15 min on 2 CPU cores; trend: 4 widths on "
+        help="tiny: 3 widths on one-object shapes, ~16 min on 2 CPU cores; trend: 4 widths on "
         "the full shapes, 256 images per cell, ~4 h; small: (superseded) Inception FID; paper: "
         "the paper's protocol for a GPU cluster",
     )
