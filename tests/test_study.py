@@ -9,6 +9,7 @@ import pytest
 from ldmscale.autoencoder import AutoencoderConfig
 from ldmscale.cli import main
 from ldmscale.config import ConfigError
+from ldmscale.family import UNetSpec, normalized_cost
 from ldmscale.sampling import SamplerConfig
 from ldmscale.store import ResultsStore
 from ldmscale.study import CONFIRM_SEED0, PRESETS, StudyConfig, dry_run, preset, run_study
@@ -173,4 +174,19 @@ def test_tiny_and_trend_presets_follow_the_protocol():
         assert min(cfg.sweep.guidance) == 1.0 and len(cfg.sweep.guidance) >= 5
         assert cfg.train.eval_steps and cfg.train.eval_steps[-1] == cfg.train.steps
     assert tiny.max_objects == 1 and trend.max_objects == 2
-    assert trend.sweep.n_images >= 256 and len(trend.widths) >= 4
+    assert trend.sweep.n_images >= 256
+
+    def cost(c: int) -> float:
+        spec = UNetSpec(
+            c=c,
+            context_dim=384,
+            context_len=trend.text_encoder.max_length,
+            latent_channels=trend.autoencoder.latent_channels,
+            latent_size=trend.resolution // trend.autoencoder.downsampling_factor,
+            layers_per_block=trend.train.layers_per_block,
+            head_dim=trend.train.head_dim,
+        )
+        return normalized_cost(spec)
+
+    # the issue asks for widths spanning at least 7x in normalized cost
+    assert cost(max(trend.widths)) / cost(min(trend.widths)) >= 7.0

@@ -10,8 +10,8 @@ same command again finishes an interrupted study. Presets:
 - ``tiny``: the README's main job; 3 widths on 32 px ``shapes``, about 16 minutes on 2 CPU cores;
   its primary metric is FD-probe (Frechet distance on the shapes probe network's features),
   chosen for speed, and the report says so.
-- ``trend``: the tiny recipe on the full ``shapes``, 4 widths spanning 7.7x in cost, 3,000
-  steps each, 256 images per cell; about 4 hours on 2 CPU cores, resumable.
+- ``trend``: the tiny recipe on the full ``shapes``, 3 widths spanning 7.7x in cost, 2,000
+  steps each, 256 images per cell; about 2 hours on 2 CPU cores, resumable.
 - ``small``: (superseded by ``trend``) 4 widths spanning more than 4x in cost, the paper's
   guidance grid, steps 4-50, Inception FID; about 1.5 hours on 2 CPU cores.
 - ``paper``: the paper's protocol (widths 64 ... 768, 64 x 64 latents, COCO-2014 validation
@@ -193,9 +193,9 @@ def _tiny() -> StudyConfig:
 
 
 def _trend() -> StudyConfig:
-    # The tiny recipe on the full shapes (one or two objects), 4 widths spanning 7.7x in
-    # normalized cost, trained 10x longer, 256 images per cell; sized for 4 hours on 2 CPU
-    # cores (``--dry-run`` prints the estimate). Resumable: rerun the same command.
+    # The tiny recipe on the full shapes (one or two objects), 3 widths spanning 7.7x in
+    # normalized cost, trained ~6x longer, 256 images per cell; sized to finish in about two
+    # hours on 2 CPU cores (``--dry-run`` prints the estimate). Resumable: rerun the same command.
     tiny = _tiny()
     return StudyConfig(
         out_dir="outputs/study-trend",
@@ -203,16 +203,16 @@ def _trend() -> StudyConfig:
         n_train=20000,
         n_val=512,
         resolution=32,
-        autoencoder=tiny.autoencoder.replace(steps=3000, val_images=512, scale_images=1024),
+        autoencoder=tiny.autoencoder.replace(steps=2000, val_images=512, scale_images=1024),
         text_encoder=TextEncoderSpec(kind="minilm", max_length=24),
-        widths=(8, 16, 24, 32),
+        widths=(8, 16, 32),
         train=tiny.train.replace(
-            steps=3000,
+            steps=2000,
             warmup_steps=100,
             ema_decay=0.999,
             checkpoint_every=250,
             log_every=25,
-            eval_steps=(100, 250, 500, 1000, 2000, 3000),
+            eval_steps=(100, 250, 500, 1000, 2000),
         ),
         preview=SamplerConfig(name="ddim", steps=32, guidance=2.0, timestep_spacing="trailing"),
         sweep=tiny.sweep.replace(
@@ -675,6 +675,7 @@ def dry_run(cfg: StudyConfig, calibrate: bool = True) -> str:
             latent_channels=cfg.autoencoder.latent_channels,
             latent_size=latent,
             layers_per_block=cfg.train.layers_per_block,
+            head_dim=cfg.train.head_dim,
         )
         cost, params = normalized_cost(spec), count_params(spec)
         line = (
