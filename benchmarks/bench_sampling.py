@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers import StableDiffusionPipeline
 
     from ldmscale.model import load_model
-    from ldmscale.sampling import SamplerConfig, generate, make_scheduler
+    from ldmscale.samplers import make_scheduler
+    from ldmscale.sampling import SamplerConfig, generate
 
     cfg = SamplerConfig(name=args.sampler, steps=args.steps, guidance=args.guidance)
     prompts = [f"red circle {i}" for i in range(args.batch)]  # fits 16 char tokens
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         pipe = StableDiffusionPipeline.from_pretrained(
             folder, safety_checker=None, requires_safety_checker=False
         )
-        pipe.scheduler = make_scheduler(pipe.scheduler.config, cfg)
+        pipe.scheduler = make_scheduler(pipe.scheduler.config, cfg.name, cfg.timestep_spacing)
         pipe.set_progress_bar_config(disable=True)
 
     def ours() -> np.ndarray:

@@ -11,12 +11,12 @@ import torch
 from conftest import TINY_CTX_LEN, make_tiny_ldmscale_model, tiny_unet_spec
 from ldmscale.config import ConfigError
 from ldmscale.model import CLIPPromptEncoder, ModelLoadError, load_model, unet_gflops
+from ldmscale.samplers import make_scheduler
 from ldmscale.sampling import (
     SamplerConfig,
     SamplingError,
     expand_requests,
     generate,
-    make_scheduler,
     read_samples,
     save_samples,
 )
@@ -180,7 +180,7 @@ def test_one_step(sd_model, name, spacing):
         handle.remove()
     assert sizes == [2]
     assert res.nfe == 1 and torch.isfinite(res.latents).all()
-    sched = make_scheduler(sd_model.scheduler_config, cfg)
+    sched = make_scheduler(sd_model.scheduler_config, cfg.name, cfg.timestep_spacing)
     sched.set_timesteps(1)
     assert len(sched.timesteps) == 1
     if spacing == "trailing":
@@ -188,7 +188,7 @@ def test_one_step(sd_model, name, spacing):
 
 
 def test_dpmpp_scheduler_settings(sd_model):
-    sched = make_scheduler(sd_model.scheduler_config, SamplerConfig("dpmpp", 4, 1.0))
+    sched = make_scheduler(sd_model.scheduler_config, "dpmpp")
     assert sched.config.algorithm_type == "dpmsolver++" and sched.config.solver_order == 2
     assert sched.config.timestep_spacing == sd_model.scheduler_config["timestep_spacing"]
 

@@ -787,11 +787,7 @@ def test_leading_cells_keep_their_old_ids_and_families():
     assert fresh.cell_id != OLD_CELL_ID and fresh.family != OLD_FAMILY
 
 
-def test_spacings_match_the_sampler_and_are_validated():
-    from ldmscale.sampling import SPACINGS
-    from ldmscale.sweep import SPACINGS as SWEEP_SPACINGS
-
-    assert SWEEP_SPACINGS == SPACINGS
+def test_spacings_are_validated():
     assert SweepConfig().timestep_spacings == ("leading",)
     with pytest.raises(ConfigError, match="timestep_spacings"):
         SweepConfig(timestep_spacings=("even",))

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from ldmscale import cost
 from ldmscale.paired import Comparison, RowSource, ci_overlap_outcome, compare_rows
 
 Direction = Literal["min", "max"]
@@ -313,7 +314,7 @@ def to_point(row: dict, metric: str) -> Point | None:
         return None
     norm_cost = float(row["norm_cost"])
     steps = int(row["steps"])
-    cost = row.get("sampling_cost")
+    stored_cost = row.get("sampling_cost")
     c = row.get("c")
     params = row.get("params")
     return Point(
@@ -324,7 +325,9 @@ def to_point(row: dict, metric: str) -> Point | None:
         sampler=str(row["sampler"]),
         steps=steps,
         guidance=float(row["guidance"]),
-        sampling_cost=float(cost) if cost is not None else norm_cost * steps,
+        sampling_cost=(
+            float(stored_cost) if stored_cost is not None else cost.sampling_cost(norm_cost, steps)
+        ),
         metric=metric,
         value=float(m["value"]),
         lo=_num(m.get("lo")),

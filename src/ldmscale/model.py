@@ -117,7 +117,9 @@ class DiffusionModel:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        """``(channels, height, width)`` of the latents the UNet denoises."""
+        """``(channels, height, width)`` of the latents the UNet denoises (its output channels:
+        a UNet with extra conditioning channels concatenated to its input, as for
+        super-resolution, takes more than it denoises)."""
         return _latent_shape(self.unet.config)
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
@@ -165,7 +167,8 @@ def load_model(
 def _latent_shape(unet_config: Any) -> tuple[int, int, int]:
     size = unet_config["sample_size"]
     h, w = (size, size) if isinstance(size, int) else tuple(size)
-    return (int(unet_config["in_channels"]), int(h), int(w))
+    channels = unet_config.get("out_channels") or unet_config["in_channels"]
+    return (int(channels), int(h), int(w))
 
 
 def _require(folder: Path, name: str, what: str) -> Path:
@@ -308,7 +311,8 @@ def unet_gflops(
     convention: str = "dense",
 ) -> float:
     """GFLOPs of one forward at batch 1 of any ``UNet2DConditionModel`` config, counted on the
-    meta device in ``convention`` (``dense`` or ``xla``, see :mod:`ldmscale.flops`)."""
+    meta device in ``convention`` (``dense`` or ``xla``, see :mod:`ldmscale.flops`); the input
+    has the config's ``in_channels`` at ``latent_shape``'s height and width."""
     from diffusers import UNet2DConditionModel
 
     from ldmscale.flops import count_flops
@@ -319,7 +323,7 @@ def unet_gflops(
         ctx_dim = int(ctx_dim[0])
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(cfg)
-        x = torch.empty(1, *latent_shape)
+        x = torch.empty(1, int(cfg["in_channels"]), *latent_shape[1:])
         ctx = torch.empty(1, context_len, ctx_dim)
         t = torch.tensor([500])
     count = count_flops(unet, (x, t), {"encoder_hidden_states": ctx}, convention)

@@ -70,9 +70,7 @@ from ldmscale.frontier import (
 )
 from ldmscale.io import atomic_path
 from ldmscale.paired import RowSource, describe_methods
-
-SAMPLER_ORDER = ("ddim", "ddpm", "dpmpp")
-SAMPLER_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "dpmpp": "DPM-Solver++"}
+from ldmscale.samplers import SAMPLER_NAMES, sampler_label
 
 #: Plain-language descriptions of known metrics, for the report's "primary metric" note.
 METRIC_NOTES = {
@@ -332,7 +330,7 @@ def _outside_legend(fig: Figure, ax: Any) -> None:
 
 def _samplers_of(rows: Sequence[dict]) -> list[str]:
     have = {str(r["sampler"]) for r in rows}
-    return [s for s in SAMPLER_ORDER if s in have] + sorted(have - set(SAMPLER_ORDER))
+    return [s for s in SAMPLER_NAMES if s in have] + sorted(have - set(SAMPLER_NAMES))
 
 
 def _main_sampler(rows: Sequence[dict]) -> str:
@@ -403,7 +401,7 @@ def fig_training(
         ax.set_ylabel(f"{metric} of checkpoints ({_direction_word(metric)})")
         caption = (
             f"Quality vs training compute (paper Fig. 3): {metric} of each width's scored "
-            f"checkpoints, all sampled with {SAMPLER_NAMES.get(s, s)}, {n} steps, guidance "
+            f"checkpoints, all sampled with {sampler_label(s)}, {n} steps, guidance "
             f"{w:g}, {sp} spacing, seed set {s0}; error bars are the bootstrap CIs. Training "
             f"compute = normalized cost x iterations." + _floor_caption(a)
         )
@@ -489,7 +487,7 @@ def fig_guidance(
             style = ("^", "red") if edge else ("o", "black")
             ax.plot([opt.guidance], [opt.value], style[0], ms=10, mfc="none", mec=style[1])
         _floor_lines(ax, a)
-        ax.set_title(f"{SAMPLER_NAMES.get(sampler, sampler)}, {steps} steps", fontsize=10)
+        ax.set_title(f"{sampler_label(sampler)}, {steps} steps", fontsize=10)
         ax.set_xlabel("guidance scale w")
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(steps_all) :]:
@@ -500,7 +498,7 @@ def fig_guidance(
     caption = (
         f"Quality vs classifier-free guidance (paper Fig. 8): {metric} against guidance scale w "
         f"(eps = u + w (c - u); w = 1 is no guidance) for each width, one panel per step count, "
-        f"{SAMPLER_NAMES.get(sampler, sampler)} sampler, {a.spacing} spacing, on the seed set "
+        f"{sampler_label(sampler)} sampler, {a.spacing} spacing, on the seed set "
         f"the guidance is chosen on (seed0 = {a.select_seed0}). Circles mark each width's "
         f"optimal guidance, red triangles an optimum at the edge of the grid (the true "
         f"optimum may lie outside it); error bars are bootstrap CIs." + _floor_caption(a)
@@ -577,12 +575,12 @@ def fig_cost(
     _plot_cost(ax, pts, _labels(pts), dict(zip(models, _colors(len(models)))), True, a.spacing)
     _floor_lines(ax, a)
     ax.set_ylabel(f"{metric} at optimal guidance ({_direction_word(metric)})")
-    ax.set_title(SAMPLER_NAMES.get(sampler, sampler), fontsize=10)
+    ax.set_title(sampler_label(sampler), fontsize=10)
     _outside_legend(fig, ax)
     caption = (
         f"Sampling efficiency (paper Fig. 9): {metric} at each width's optimal guidance "
         f"(chosen by {a.select_by or metric}) against sampling cost = normalized cost x steps, "
-        f"{SAMPLER_NAMES.get(sampler, sampler)} sampler. Error bars: bootstrap CIs. Dashed "
+        f"{sampler_label(sampler)} sampler. Error bars: bootstrap CIs. Dashed "
         f"black: the frontier, the best quality reachable at each cost by any width."
         + _cost_notes(a, pts)
         + _floor_caption(a)
@@ -619,10 +617,10 @@ def fig_samplers(
     for ax, (s, pts) in zip(axes, panels):
         _plot_cost(ax, pts, labels, colors, True, a.spacing)
         _floor_lines(ax, a)
-        ax.set_title(SAMPLER_NAMES.get(s, s), fontsize=10)
+        ax.set_title(sampler_label(s), fontsize=10)
     axes[0].set_ylabel(f"{metric} at optimal guidance ({_direction_word(metric)})")
     _outside_legend(fig, axes[0])
-    names = ", ".join(SAMPLER_NAMES.get(s, s) for s, _ in panels)
+    names = ", ".join(sampler_label(s) for s, _ in panels)
     caption = (
         f"Samplers compared (paper Fig. 11): the Fig. 9 curves for {names}, same axes, "
         f"{a.spacing} spacing. Error bars: bootstrap CIs; dashed: each sampler's frontier "
@@ -722,8 +720,8 @@ def equal_cost_html(rows: Sequence[dict], analysis: Analysis) -> str:
         f"only when that CI excludes 0. {_esc(a.spacing)} spacing.</p>"
     ]
     for sampler, ms in table.items():
-        parts.append(f"<h3>{_esc(SAMPLER_NAMES.get(sampler, sampler))}</h3>")
-        parts.append(f"<p>{_esc(equal_cost_text(SAMPLER_NAMES.get(sampler, sampler), ms))}</p>")
+        parts.append(f"<h3>{_esc(sampler_label(sampler))}</h3>")
+        parts.append(f"<p>{_esc(equal_cost_text(sampler_label(sampler), ms))}</p>")
         parts.append(
             _table(
                 [
@@ -910,7 +908,7 @@ def quality_html(
         d["seed set"] = ""
         table.append(d)
     parts = [
-        f"<p>Each width at one fixed setting: {_esc(SAMPLER_NAMES.get(s, s))}, {n} steps, "
+        f"<p>Each width at one fixed setting: {_esc(sampler_label(s))}, {n} steps, "
         f"guidance {w:g}, {_esc(a.spacing)} spacing (the paper's Table 1 uses 50-step DDIM at "
         f"one guidance scale). Unless given, the setting is the largest step count stored for "
         f"every width, at the stored guidance nearest the median of the widths' optima there. "

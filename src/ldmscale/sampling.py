@@ -3,11 +3,13 @@
 Conventions (docs/sampling.md has the long form):
 
 * **Samplers** are diffusers schedulers built with ``from_config`` from the model's training
-  scheduler config: ``ddim`` = ``DDIMScheduler`` with eta = 0 (deterministic), ``ddpm`` =
-  ``DDPMScheduler`` (ancestral, fresh noise every step), ``dpmpp`` =
-  ``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)`` (DPM-Solver++
-  2M, deterministic; first-order on the first and — below 15 steps — the last step, final
-  sigma zero). Any step count >= 1.
+  scheduler config, one entry each in :mod:`ldmscale.samplers`: ``ddim`` = ``DDIMScheduler``
+  with eta = 0 (deterministic), ``ddpm`` = ``DDPMScheduler`` (ancestral, fresh noise every
+  step), ``dpmpp`` = ``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++",
+  solver_order=2)`` (DPM-Solver++ 2M, deterministic; first-order on the first and — below 15
+  steps — the last step, final sigma zero). Any step count >= 1.
+* **The loop** (:func:`sample_loop`) only steps the scheduler; how the UNet is evaluated
+  (guidance, extra inputs) is the denoiser's (:mod:`ldmscale.denoisers`).
 * **Timestep spacing** is the scheduler config's ``timestep_spacing`` (as
   ``StableDiffusionPipeline`` does, so both pick the same timesteps), unless
   ``SamplerConfig.timestep_spacing`` overrides it (``"trailing"`` is the better choice for very
@@ -18,7 +20,7 @@ Conventions (docs/sampling.md has the long form):
   the UNet runs once on the un-doubled batch. (Unlike diffusers, w < 1 is still guided.)
 * **Seeds**: image ``i`` uses ``torch.Generator("cpu").manual_seed(seeds[i])`` for its initial
   noise and all of its sampler noise, so an image does not depend on the batch size.
-* **Cost**: ``nfe`` = UNet evaluations per image = steps (a doubled CFG batch counts once);
+* **Cost** (:mod:`ldmscale.cost`): ``nfe`` = steps (a doubled CFG batch counts once);
   ``sampling_cost`` = ``norm_cost * steps``; ``flops`` = actual UNet FLOPs of the request,
   ``dense`` convention, including the doubled CFG batch (VAE decoding and text encoding are
   not counted; they do not depend on the sampler or step count).
@@ -39,13 +41,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ldmscale import cost
 from ldmscale.config import Config, ConfigError
+from ldmscale.denoisers import CFGDenoiser, Denoiser
 from ldmscale.io import atomic_write_bytes, atomic_write_json
 from ldmscale.model import DiffusionModel
 from ldmscale.provenance import code_version
+from ldmscale.samplers import SPACINGS, get_sampler, make_scheduler
 
-SAMPLERS = ("ddim", "ddpm", "dpmpp")
-SPACINGS = ("leading", "trailing", "linspace")
 SAMPLES_FILE = "samples.json"
 
 
@@ -57,7 +60,8 @@ class SamplingError(ValueError):
 class SamplerConfig(Config):
     """How to sample.
 
-    name: "ddim" (eta=0) | "ddpm" (ancestral) | "dpmpp" (DPM-Solver++ 2M).
+    name: a sampler of :data:`ldmscale.samplers.SAMPLERS`: "ddim" (eta=0) | "ddpm"
+        (ancestral) | "dpmpp" (DPM-Solver++ 2M).
     steps: sampler steps (>= 1); equals UNet evaluations per image.
     guidance: CFG scale w in ``eps = u + w (c - u)``; 1 = no guidance.
     timestep_spacing: None = the scheduler config's; or "leading" | "trailing" | "linspace".
@@ -69,8 +73,7 @@ class SamplerConfig(Config):
     timestep_spacing: str | None = None
 
     def __post_init__(self) -> None:
-        if self.name not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {self.name!r}; choose one of {list(SAMPLERS)}")
+        get_sampler(self.name)
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"SamplerConfig.steps must be an integer >= 1, got {self.steps!r}")
         if not math.isfinite(self.guidance):
@@ -84,7 +87,7 @@ class SamplerConfig(Config):
     @property
     def guided(self) -> bool:
         """Whether CFG runs (the doubled batch); ``w = 1`` is exactly the conditional model."""
-        return self.guidance != 1.0
+        return cost.cfg_evaluations(self.guidance) == 2
 
 
 @dataclass
@@ -109,22 +112,6 @@ class SampleResult:
     model_name: str
     seconds: float
     model_info: dict[str, Any] = field(default_factory=dict)
-
-
-def make_scheduler(scheduler_config: dict[str, Any], cfg: SamplerConfig):
-    """A fresh diffusers scheduler for ``cfg`` built from the model's training schedule."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-
-    overrides: dict[str, Any] = {}
-    if cfg.timestep_spacing is not None:
-        overrides["timestep_spacing"] = cfg.timestep_spacing
-    if cfg.name == "ddim":
-        return DDIMScheduler.from_config(scheduler_config, **overrides)
-    if cfg.name == "ddpm":
-        return DDPMScheduler.from_config(scheduler_config, **overrides)
-    return DPMSolverMultistepScheduler.from_config(
-        scheduler_config, algorithm_type="dpmsolver++", solver_order=2, **overrides
-    )
 
 
 def expand_requests(
@@ -199,17 +186,16 @@ def generate(
             latents_out.append(latents.float().cpu())
             images_out.append(decode_latents(model, latents))
         bar.close()
-    nfe = cfg.steps
-    forwards_per_image = nfe * (2 if cfg.guided else 1)
+    per_step = cost.cfg_evaluations(cfg.guidance)
     return SampleResult(
         images=np.concatenate(images_out),
         latents=torch.cat(latents_out),
         prompts=prompts,
         seeds=seeds,
         config=cfg,
-        nfe=nfe,
-        sampling_cost=model.norm_cost * cfg.steps,
-        flops=model.gflops_per_forward * 1e9 * forwards_per_image * len(prompts),
+        nfe=cost.nfe(cfg.steps),
+        sampling_cost=cost.sampling_cost(model.norm_cost, cfg.steps),
+        flops=cost.sampling_flops(model.gflops_per_forward, cfg.steps, per_step, len(prompts)),
         gflops_per_forward=model.gflops_per_forward,
         norm_cost=model.norm_cost,
         model_name=model.name,
@@ -236,32 +222,42 @@ def _sample_batch(
     """Run the sampler on one batch; returns the final latents ``[B, C, h, w]``."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    device, dtype = model.device, model.dtype
-    n = len(prompts)
-    scheduler = make_scheduler(model.scheduler_config, cfg)  # fresh: multistep solvers keep state
-    scheduler.set_timesteps(cfg.steps, device=device)
-    context = model.encode_prompts(prompts)
-    if null is not None:
-        context = torch.cat([null.expand(n, -1, -1), context])
-    # One CPU generator per image: randn_tensor draws row i from generators[i].
+    # fresh: multistep solvers keep state
+    scheduler = make_scheduler(model.scheduler_config, cfg.name, cfg.timestep_spacing)
+    denoiser = CFGDenoiser(model.unet, model.encode_prompts(prompts), null, cfg.guidance)
+    # One CPU generator per image: randn_tensor draws row i from generators[i], and the
+    # sampler's step noise continues the same stream.
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    latents = randn_tensor(
-        (n, *model.latent_shape), generator=generators, device=device, dtype=dtype
+    noise = randn_tensor(
+        (len(seeds), *model.latent_shape),
+        generator=generators,
+        device=model.device,
+        dtype=model.dtype,
     )
-    latents = latents * scheduler.init_noise_sigma
-    step_kwargs: dict[str, Any] = {"generator": generators}
-    if cfg.name == "ddim":
-        step_kwargs["eta"] = 0.0
-    w = cfg.guidance
+    return sample_loop(denoiser, scheduler, noise, cfg.steps, cfg.name, generators, bar)
+
+
+def sample_loop(
+    denoiser: Denoiser,
+    scheduler: Any,
+    noise: torch.Tensor,
+    steps: int,
+    sampler: str,
+    generators: list[torch.Generator] | None = None,
+    bar: tqdm | None = None,
+) -> torch.Tensor:
+    """Integrate unit-variance ``noise`` ``[B, C, h, w]`` to final latents with a fresh
+    ``scheduler`` of ``sampler`` (:func:`ldmscale.samplers.make_scheduler`) over ``steps``
+    steps, calling ``denoiser`` once per step. Stochastic samplers draw image ``i``'s step
+    noise from ``generators[i]``."""
+    scheduler.set_timesteps(steps, device=noise.device)
+    step_kwargs: dict[str, Any] = {"generator": generators, **get_sampler(sampler).step_options}
+    latents = noise * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
-        x_in = torch.cat([latents] * 2) if null is not None else latents
-        x_in = scheduler.scale_model_input(x_in, t)
-        pred = model.unet(x_in, t, encoder_hidden_states=context, return_dict=False)[0]
-        if null is not None:
-            uncond, cond = pred.chunk(2)
-            pred = uncond + w * (cond - uncond)
+        pred = denoiser(scheduler.scale_model_input(latents, t), t)
         latents = scheduler.step(pred, t, latents, **step_kwargs, return_dict=False)[0]
-        bar.update(1)
+        if bar is not None:
+            bar.update(1)
     return latents
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ldmscale import cost
 from ldmscale.autoencoder import AutoencoderConfig
 from ldmscale.config import Config, ConfigError
 from ldmscale.io import atomic_write_json
@@ -493,7 +494,7 @@ def _stage_samples(cfg: StudyConfig, progress: bool) -> list[Path]:
     seeds = [cfg.seed + i for i in range(len(prompts))]
     models = {c: load_model(cfg.run_dir(c) / "model") for c in cfg.widths}
     top = max(cfg.widths)
-    budget = models[top].norm_cost * cfg.preview.steps
+    budget = cost.sampling_cost(models[top].norm_cost, cfg.preview.steps)
     out_dirs = []
     for c, model in models.items():
         steps = max(1, round(budget / model.norm_cost))
@@ -665,7 +666,10 @@ def dry_run(cfg: StudyConfig, calibrate: bool = True) -> str:
     header = f"{'c':>6} {'params':>14} {'GFLOPs/fwd':>11} {'norm cost':>10} {'train compute':>14}"
     lines.append(header + (f" {'est. train':>11} {'est. sweep':>11}" if calibrate else ""))
     total_s: float | None = 0.0
-    evals_per_width = sum(sw.n_images * steps * (2 if w != 1.0 else 1) for _, steps, w, _ in cells)
+    evals_per_width = sum(
+        cost.unet_evaluations(steps, cost.cfg_evaluations(w), sw.n_images)
+        for _, steps, w, _ in cells
+    )
     train_flops = sweep_flops = 0.0
     for c in cfg.widths:
         spec = UNetSpec(
@@ -677,10 +681,10 @@ def dry_run(cfg: StudyConfig, calibrate: bool = True) -> str:
             layers_per_block=cfg.train.layers_per_block,
             head_dim=cfg.train.head_dim,
         )
-        cost, params = normalized_cost(spec), count_params(spec)
+        norm_cost, params = normalized_cost(spec), count_params(spec)
         line = (
-            f"{c:>6} {params:>14,} {count_gflops(spec):>11.3f} {cost:>10.4f} "
-            f"{cost * cfg.train.steps:>14.1f}"
+            f"{c:>6} {params:>14,} {count_gflops(spec):>11.3f} {norm_cost:>10.4f} "
+            f"{norm_cost * cfg.train.steps:>14.1f}"
         )
         dense = count_gflops(spec, "dense")
         train_flops += 3 * dense * 1e9 * cfg.train.batch_size * cfg.train.steps

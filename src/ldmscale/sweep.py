@@ -36,15 +36,13 @@ from typing import Any, overload
 
 import numpy as np
 
+from ldmscale import cost
 from ldmscale.config import Config, ConfigError
 from ldmscale.io import hash_json, sha256_file
 from ldmscale.provenance import code_version
+from ldmscale.samplers import SAMPLER_NAMES, SPACINGS
 from ldmscale.store import ResultsStore
 
-SAMPLERS = ("ddim", "ddpm", "dpmpp")
-#: Timestep spacings a sweep can use; the same values as ``ldmscale.sampling.SPACINGS`` (kept
-#: here so that planning does not import torch; a test checks they agree).
-SPACINGS = ("leading", "trailing", "linspace")
 #: The spacing of every cell stored before spacing was a sweep dimension (and SD's default).
 DEFAULT_SPACING = "leading"
 EXECUTORS = ("serial", "ray")
@@ -103,7 +101,7 @@ class SweepConfig(Config):
     """
 
     models: tuple[str, ...] = ()
-    samplers: tuple[str, ...] = SAMPLERS
+    samplers: tuple[str, ...] = SAMPLER_NAMES
     steps: tuple[int, ...] = (4, 8, 16, 20, 50)
     guidance: tuple[float, ...] = PAPER_GUIDANCE
     timestep_spacings: tuple[str, ...] = (DEFAULT_SPACING,)
@@ -127,9 +125,11 @@ class SweepConfig(Config):
     rows_dir: str | None = None
 
     def __post_init__(self) -> None:
-        bad = [s for s in self.samplers if s not in SAMPLERS]
+        bad = [s for s in self.samplers if s not in SAMPLER_NAMES]
         if bad:
-            raise ConfigError(f"SweepConfig.samplers: unknown {bad}; choose from {list(SAMPLERS)}")
+            raise ConfigError(
+                f"SweepConfig.samplers: unknown {bad}; choose from {list(SAMPLER_NAMES)}"
+            )
         if any(int(s) < 1 for s in self.steps):
             raise ConfigError(f"SweepConfig.steps must all be >= 1, got {list(self.steps)}")
         bad = [s for s in self.timestep_spacings if s not in SPACINGS]
@@ -311,12 +311,12 @@ class Cell:
     @property
     def cfg(self) -> bool:
         """Whether sampling runs the doubled CFG batch (``w != 1``)."""
-        return self.guidance != 1.0
+        return cost.cfg_evaluations(self.guidance) == 2
 
     @property
     def unet_evals(self) -> int:
         """UNet evaluations for the whole cell: images x steps x (2 with CFG)."""
-        return self.n_images * self.steps * (2 if self.cfg else 1)
+        return cost.unet_evaluations(self.steps, cost.cfg_evaluations(self.guidance), self.n_images)
 
     @property
     def seed0(self) -> int:
@@ -545,8 +545,10 @@ def _check_setting(setting: Sequence[Any], i: int) -> Setting:
             "timestep_spacing)"
         )
     path, sampler, steps, guidance, spacing = setting
-    if sampler not in SAMPLERS:
-        raise SweepError(f"setting {i}: unknown sampler {sampler!r}; choose from {list(SAMPLERS)}")
+    if sampler not in SAMPLER_NAMES:
+        raise SweepError(
+            f"setting {i}: unknown sampler {sampler!r}; choose from {list(SAMPLER_NAMES)}"
+        )
     try:
         steps_i, g = int(steps), float(guidance)
     except (TypeError, ValueError) as e:
@@ -671,7 +673,7 @@ def cell_row(cell: Cell, result: CellResult) -> dict[str, Any]:
         "guidance": cell.guidance,
         "n_images": cell.n_images,
         "nfe": result.nfe,
-        "sampling_cost": None if norm_cost is None else norm_cost * cell.steps,
+        "sampling_cost": None if norm_cost is None else cost.sampling_cost(norm_cost, cell.steps),
         "flops": result.flops,
         "timestep_spacing": cell.timestep_spacing,
         "seed0": cell.seed0,

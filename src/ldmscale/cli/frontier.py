@@ -28,6 +28,7 @@ from ldmscale.frontier import (
     load_rows,
 )
 from ldmscale.paired import RowSource
+from ldmscale.samplers import SAMPLER_NAMES
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -43,7 +44,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sampler",
         action="append",
-        help="only these samplers (ddim, ddpm, dpmpp); repeat or comma-separate (default: all)",
+        help=f"only these samplers ({', '.join(SAMPLER_NAMES)}); repeat or comma-separate (default: all)",
     )
     p.add_argument(
         "--spacing", help="timestep spacing of the verdicts (default: the most stored one)"

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ldmscale.cli import UserError
+from ldmscale.samplers import SAMPLER_NAMES, SAMPLERS
 
 
 def register(subparsers) -> None:
@@ -23,7 +24,12 @@ def register(subparsers) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     src.add_argument("--prompts-file", type=Path, help="text file, one prompt per line")
-    p.add_argument("--sampler", choices=("ddim", "ddpm", "dpmpp"), default="ddim")
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLER_NAMES,
+        default="ddim",
+        help="; ".join(f"{e.name}: {e.description}" for e in SAMPLERS.values()),
+    )
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=7.5, help="CFG scale w (1 = none)")
     p.add_argument(

@@ -25,6 +25,7 @@ import importlib
 import json
 
 from ldmscale.cli import UserError
+from ldmscale.samplers import SAMPLER_NAMES
 
 
 def _csv(cast):
@@ -46,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="sweep config (TOML or JSON, keys of SweepConfig)")
     p.add_argument("--models", type=_csv(str), help="model folders, comma-separated")
-    p.add_argument("--samplers", type=_csv(str), help="ddim,ddpm,dpmpp")
+    p.add_argument("--samplers", type=_csv(str), help=",".join(SAMPLER_NAMES))
     p.add_argument("--steps", type=_csv(int), help="step counts, e.g. 4,8,16,20,50")
     p.add_argument("--guidance", type=_csv(float), help="CFG scales w (1 = none), e.g. 1.5,2,3")
     p.add_argument(
