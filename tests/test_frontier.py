@@ -20,6 +20,8 @@ from ldmscale.frontier import (
     pareto_frontier,
     run_key,
 )
+from ldmscale.metrics.registry import UnknownMetricError
+from ldmscale.metrics.registry import metric_direction as registry_direction
 
 
 def _row(model, c, nc, sampler, steps, w, value, half=0.5, metric="fid", **extra):
@@ -41,12 +43,20 @@ def _row(model, c, nc, sampler, steps, w, value, half=0.5, metric="fid", **extra
     }
 
 
-def test_metric_direction():
-    assert metric_direction("fid") == "min"
-    assert metric_direction("fd_probe") == "min"
-    assert metric_direction("kid_50") == "min"
-    assert metric_direction("alignment") == "max"
-    assert metric_direction("clip_score") == "max"
+def test_direction_comes_from_the_metric_registry():
+    """Higher-is-better metrics pick the largest value, lower-is-better ones the smallest; a name
+    the registry does not know is an error listing the known ones, not a guess from its name."""
+    values = ((2.0, 0.3), (3.0, 0.6), (4.0, 0.5))
+    rows = [_row("a", 8, 0.1, "ddim", 10, w, v, metric="alignment") for w, v in values]
+    assert [p.guidance for p in optimal_guidance(rows, "alignment")] == [3.0]
+    as_fid = [{**r, "metrics": {"fid": r["metrics"]["alignment"]}} for r in rows]
+    assert [p.guidance for p in optimal_guidance(as_fid, "fid")] == [2.0]
+    odd = [{**r, "metrics": {"kid_50": r["metrics"]["alignment"]}} for r in rows]
+    with pytest.raises(
+        UnknownMetricError, match=r"unknown metric 'kid_50'.*known metrics.*fd_probe"
+    ):
+        optimal_guidance(odd, "kid_50")
+    assert metric_direction is registry_direction  # one rule, re-exported
 
 
 def test_optimal_guidance_picks_argmin_per_group(study_rows):

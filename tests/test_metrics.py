@@ -93,6 +93,77 @@ def test_frechet_rejects_mismatched_statistics():
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 
 
+def test_fast_frechet_matches_the_metrics_module():
+    from ldmscale.metrics.frechet import fast_frechet, frechet_distance_features
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(200, 16)) @ rng.normal(size=(16, 16))
+    gen = rng.normal(0.3, 1.2, size=(50, 16)) @ rng.normal(size=(16, 16))
+    stats_mean, stats_cov = ref.mean(0), np.cov(ref, rowvar=False)
+    fast = fast_frechet(stats_mean, stats_cov)(gen)
+    assert fast == pytest.approx(frechet_distance_features(gen, ref), rel=1e-6)
+    assert fast_frechet(stats_mean, stats_cov)(ref) == pytest.approx(0.0, abs=1e-6)
+    # fewer images than dimensions (the n x n Gram path): still the same distance
+    few = rng.normal(0.3, 1.2, size=(9, 16)) @ rng.normal(size=(16, 16))
+    assert fast_frechet(stats_mean, stats_cov)(few) == pytest.approx(
+        frechet_distance_features(few, ref), rel=1e-6
+    )
+
+
+def test_registry_directions_needs_and_unknown_names():
+    from ldmscale.metrics.registry import (
+        METRICS,
+        NETWORKS,
+        UnknownMetricError,
+        check_metrics,
+        metric_direction,
+    )
+
+    directions = {name: metric_direction(name) for name in METRICS}
+    assert directions == {
+        "fid": "min",
+        "fd_inception": "min",
+        "fd_effnet": "min",
+        "fd_probe": "min",
+        "kid": "min",
+        "alignment": "max",
+        "clip_score": "max",
+    }
+    for m in METRICS.values():  # a feature distance needs a reference and a buildable network
+        assert (m.kind == "feature_distance") == ("reference" in m.needs), m.name
+        assert m.kind == "per_image" or m.network in NETWORKS, m.name
+        assert (m.statistic == "mean") == (m.kind == "per_image"), m.name
+    assert "not FID" in METRICS["fd_effnet"].note and "not comparable" in METRICS["fd_probe"].note
+    assert (
+        "shapes_probe" in METRICS["alignment"].needs and "clip_model" in METRICS["clip_score"].needs
+    )
+    # no guessing from the spelling: prefix look-alikes and the CLI's hyphen names are unknown
+    for bad in ("fid_inception", "kid_50", "fd-effnet", "FID", "lpips"):
+        with pytest.raises(UnknownMetricError, match=rf"unknown metric '{bad}'.*'fd_probe'"):
+            metric_direction(bad)
+    with pytest.raises(UnknownMetricError, match="'nope'"):
+        check_metrics(["fd_probe", "nope"])
+
+
+def test_metric_protocol_refuses_unknown_metrics_and_missing_inputs():
+    from ldmscale.metrics.protocol import metric_statistic, prepare_metrics, score_rows
+    from ldmscale.metrics.registry import UnknownMetricError
+
+    with pytest.raises(UnknownMetricError, match="known metrics"):
+        prepare_metrics({"metrics": ["fd_probe", "fd-probe"], "reference": {"dataset": "d"}})
+    with pytest.raises(MetricsError, match="need a reference dataset"):
+        prepare_metrics({"metrics": ["fd_effnet"], "reference": {}})
+    rows = {"alignment": np.array([1.0, 0.0, 1.0, 1.0])}
+    protocol = {"metrics": ["alignment"], "bootstrap": 0}
+    assert metric_statistic("alignment", protocol, rows["alignment"]) == 0.75
+    assert score_rows(rows, protocol)["alignment"] == {
+        "value": 0.75,
+        "lo": 0.75,
+        "hi": 0.75,
+        "n": 4,
+    }
+
+
 def test_feature_stats_streaming_equals_numpy_and_round_trips(tmp_path: Path):
     rng = np.random.default_rng(3)
     f = rng.normal(size=(101, 8)) * 1000 + 5000  # large offset: float64 sums must hold up
@@ -457,6 +528,24 @@ def test_clip_score_needs_a_local_model(tmp_path: Path):
 # ---------------------------------------------------------------------------
 
 
+def test_cli_metric_names_are_the_stores_with_the_old_spellings_as_aliases():
+    from ldmscale.cli import build_parser
+
+    parser = build_parser()
+    io = ["--images", "x", "--ref", "y"]
+    for name, metric in [
+        ("fd_effnet", "fd_effnet"),
+        ("fd-effnet", "fd_effnet"),
+        ("fd_probe", "fd_probe"),
+        ("fd-probe", "fd_probe"),
+        ("fid", "fid"),
+    ]:
+        assert parser.parse_args(["metrics", name, *io]).metric == metric
+    for name in ("clip_score", "clip-score"):
+        args = parser.parse_args(["metrics", name, "--images", "x"])
+        assert args.func.__name__ == "_clip_score"
+
+
 def test_cli_fd_probe_alignment_and_train_probe(trained_probe, probe_data, tmp_path, capsys):
     from PIL import Image
 
@@ -481,7 +570,7 @@ def test_cli_fd_probe_alignment_and_train_probe(trained_probe, probe_data, tmp_p
 
     ref = ["--ref", str(probe_data), "--split", "train", "--max-ref", "100"]
     with pytest.warns(UserWarning, match="FD-probe on"):
-        rc = main(["metrics", "fd-probe", *args, *ref, "--cache-dir", str(tmp_path / "c")])
+        rc = main(["metrics", "fd_probe", *args, *ref, "--cache-dir", str(tmp_path / "c")])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["metric"] == "FD-probe" and out["n_reference"] == 100 and out["value"] >= 0

@@ -38,13 +38,18 @@ def make_row(i: int, **over) -> dict:
     return row
 
 
-def test_metric_direction():
-    assert metric_direction("fid") == "min"
-    assert metric_direction("fid_inception") == "min"
-    assert metric_direction("fd_probe") == "min"
-    assert metric_direction("kid") == "min"
-    assert metric_direction("alignment") == "max"
-    assert metric_direction("clip_score") == "max"
+def test_any_metric_name_is_stored_and_read_back(tmp_path):
+    """The store keeps metric names the registry does not know (a custom evaluator's), so every
+    store stays readable; which way a metric is better is the registry's question, not its."""
+    from ldmscale.metrics import registry
+
+    lpips = {"lpips": {"value": 0.25, "lo": 0.2, "hi": 0.3, "n": 16}}
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        store.put(make_row(0, metrics=lpips))
+        assert store.get("cell000")["metrics"] == lpips
+        out = store.export_csv(tmp_path / "r.csv")
+    assert "metric.lpips" in out.read_text().splitlines()[0]
+    assert metric_direction is registry.metric_direction
 
 
 def test_put_get_rows_roundtrip(tmp_path):

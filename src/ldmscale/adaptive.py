@@ -34,16 +34,13 @@ from typing import Any
 import numpy as np
 
 from ldmscale.config import Config, ConfigError
-from ldmscale.store import ResultsStore, metric_direction
-from ldmscale.sweep import (
-    Evaluator,
-    SweepConfig,
-    SweepError,
-    evaluate_cell,
-    metric_statistic,
-    plan_sweep,
-    run_cells,
-)
+from ldmscale.metrics.protocol import metric_statistic
+from ldmscale.metrics.registry import metric_direction
+from ldmscale.store import ResultsStore
+from ldmscale.sweep.config import SweepConfig, SweepError
+from ldmscale.sweep.evaluate import evaluate_cell
+from ldmscale.sweep.plan import Evaluator, plan_sweep
+from ldmscale.sweep.run import run_cells
 
 Statistic = Callable[[np.ndarray], float]
 

@@ -19,8 +19,9 @@ n_images, metrics: {name: {"value", "lo", "hi", "n"}}`` and, from newer sweeps,
   value was chosen and reported on the same images, and is optimistic.
 - **Edge flags**: ``Point.at_edge`` is ``"low"``/``"high"`` when the optimum is the smallest
   or largest guidance of its group's grid: the true optimum may lie outside the grid.
-- **Direction**: lower is better for ``fid*``, ``fd_*``, ``kid*``; higher for ``alignment``
-  and ``clip_score`` (``ldmscale.store.metric_direction``).
+- **Direction**: lower is better for ``fid``, ``fd_*``, ``kid``; higher for ``alignment``
+  and ``clip_score``: the metric registry's (:func:`ldmscale.metrics.registry.metric_direction`;
+  a name it does not know is an error listing the known ones).
 - **Winners** are decided by a paired bootstrap of the difference over the images both cells
   share (:mod:`ldmscale.paired`); a tie stays a tie. Without per-image rows the comparison
   falls back to the overlap of the stored CIs, and says that this is the weaker test.
@@ -39,9 +40,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ldmscale import cost
+from ldmscale.metrics.registry import Direction
+from ldmscale.metrics.registry import metric_direction as metric_direction  # re-export
 from ldmscale.paired import Comparison, RowSource, ci_overlap_outcome, compare_rows
-
-Direction = Literal["min", "max"]
 
 #: Preference order when no metric is named and several are stored equally often.
 METRIC_PREFERENCE = ("fid", "fd_probe", "fd_effnet", "kid", "alignment", "clip_score")
@@ -55,16 +56,6 @@ _EPS = 1e-9
 
 class FrontierError(ValueError):
     """Rows that cannot answer the question asked (no such metric, nothing under budget, ...)."""
-
-
-def metric_direction(name: str) -> Direction:
-    """``"min"`` if lower is better (names starting ``fid``, ``fd_``, ``kid``), else ``"max"``
-    (``alignment``, ``clip_score``, ...). Defers to ``ldmscale.store.metric_direction``."""
-    try:
-        from ldmscale.store import metric_direction as store_direction
-    except ImportError:  # the same rule, for rows that come without the store module
-        return "min" if name.lower().startswith(("fid", "fd_", "kid")) else "max"
-    return store_direction(name)
 
 
 def better(a: float, b: float, direction: Direction) -> bool:

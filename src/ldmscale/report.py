@@ -55,7 +55,6 @@ from ldmscale.frontier import (
     floor_items,
     floor_text,
     fresh_text,
-    metric_direction,
     model_key,
     optimal_guidance,
     pareto_frontier,
@@ -69,24 +68,9 @@ from ldmscale.frontier import (
     train_step_of,
 )
 from ldmscale.io import atomic_path
+from ldmscale.metrics.registry import get_metric, metric_direction
 from ldmscale.paired import RowSource, describe_methods
 from ldmscale.samplers import SAMPLER_NAMES, sampler_label
-
-#: Plain-language descriptions of known metrics, for the report's "primary metric" note.
-METRIC_NOTES = {
-    "fid": "FID (Frechet distance on Inception-v3 pool features), the paper's metric",
-    "fd_probe": (
-        "FD-probe (Frechet distance on a small probe network's features), used instead of "
-        "FID for speed; its values are not comparable to FID's"
-    ),
-    "fd_effnet": (
-        "FD-EffNet (Frechet distance on EfficientNet-Lite0 features), not FID; its values are "
-        "not comparable to FID's"
-    ),
-    "kid": "KID (kernel inception distance)",
-    "alignment": "text-image alignment score",
-    "clip_score": "CLIP score (text-image alignment)",
-}
 
 FLOOR_STYLE = {"real": ("tab:red", ":"), "reconstruction": ("tab:orange", "-.")}
 
@@ -1009,7 +993,7 @@ def build_report(
     if not rows:
         raise ReportError("no results rows: run the sweep first (`ldmscale sweep`)")
     metric = primary_metric or default_metric(rows)
-    metric_direction(metric)  # fail early on an unknown metric name
+    info = get_metric(metric)  # fails early on a metric the registry does not know
     curves_ = [read_training_log(r) for r in runs]
     grids = [
         g if isinstance(g, SampleGrid) else SampleGrid(Path(g), Path(g).stem) for g in sample_grids
@@ -1036,7 +1020,7 @@ def build_report(
         figs = tmp / "figures"
         figs.mkdir(parents=True)
         parts: list[str] = []
-        note = metric_note or METRIC_NOTES.get(metric, metric)
+        note = metric_note or info.note
         spacings = sorted({spacing_of(r) for r in finals})
         seeds = (
             f"chosen on seed set {select_seed0}, reported on seed set {report_seed0} (fresh)"

@@ -30,8 +30,8 @@ the model's training when its folder records them (checkpoint exports), else Non
 Schema versions: 1 had no ``timestep_spacing``/``seed0``/``train_*`` columns; opening a
 version-1 file adds them in one transaction (``ALTER TABLE ... ADD COLUMN``; spacing
 ``leading``, ``seed0`` from the row's provenance seeds) and marks the file version 2.
-Metric direction: names starting with ``fid``, ``fd_`` or ``kid`` are lower-is-better,
-every other metric (``alignment``, ``clip_score``, ...) is higher-is-better.
+The store keeps any metric name a row carries; which way a metric is better is the metric
+registry's (:func:`ldmscale.metrics.registry.metric_direction`, re-exported here).
 """
 
 from __future__ import annotations
@@ -42,9 +42,10 @@ import sqlite3
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ldmscale.io import atomic_path
+from ldmscale.metrics.registry import metric_direction as metric_direction  # re-export
 
 SCHEMA_VERSION = 2
 
@@ -91,8 +92,6 @@ REQUIRED: tuple[str, ...] = (
     "metrics",
 )
 
-_LOWER_IS_BETTER = ("fid", "fd_", "kid")
-
 _DDL = """
 CREATE TABLE IF NOT EXISTS cells (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -127,11 +126,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 class StoreError(ValueError):
     """A results store that cannot be opened, read or written; the message says why."""
-
-
-def metric_direction(name: str) -> Literal["min", "max"]:
-    """``"min"`` for lower-is-better metrics (``fid*``, ``fd_*``, ``kid*``), else ``"max"``."""
-    return "min" if name.lower().startswith(_LOWER_IS_BETTER) else "max"
 
 
 def _now() -> str:

@@ -651,7 +651,8 @@ def dry_run(cfg: StudyConfig, calibrate: bool = True) -> str:
     this machine from timing each width's UNet with random weights (skipped where one timed
     call would exceed ~300 GFLOPs: such widths belong on the target machine)."""
     from ldmscale.family import UNetSpec, count_gflops, count_params, normalized_cost
-    from ldmscale.sweep import METRIC_SECONDS_PER_IMAGE, grid_settings
+    from ldmscale.sweep.estimate import metric_seconds, sampling_seconds
+    from ldmscale.sweep.plan import grid_settings
 
     latent = cfg.resolution // cfg.autoencoder.downsampling_factor
     ctx_dim = 1024 if cfg.text_encoder.kind == "clip" else 384
@@ -693,10 +694,12 @@ def dry_run(cfg: StudyConfig, calibrate: bool = True) -> str:
         if calibrate and work <= 300:
             step_s, fwd_s = _time_unet(spec, cfg.train.batch_size, 2 * sw.batch_size)
             train_s = step_s * cfg.train.steps
+            # every cell timed at the doubled (CFG) batch, no VAE: an upper bound for w = 1
+            timing = {"unet_s": fwd_s, "unet_cfg_s": fwd_s}
             sweep_s = sum(
-                -(-sw.n_images // sw.batch_size) * steps * fwd_s
-                + sw.n_images * sum(METRIC_SECONDS_PER_IMAGE.get(m, 0.05) for m in sw.metrics)
-                for _, steps, _, _ in cells
+                sampling_seconds(steps, w, sw.n_images, sw.batch_size, timing)
+                + metric_seconds(sw.metrics, sw.n_images)
+                for _, steps, w, _ in cells
             )
             line += f" {_hours(train_s):>11} {_hours(sweep_s):>11}"
             if total_s is not None:

@@ -1,11 +1,14 @@
 """``ldmscale metrics``: score a folder of generated images.
 
 ldmscale metrics fid         --images SAMPLES --ref DATA [--split validation] [--kid]
-ldmscale metrics fd-effnet   --images SAMPLES --ref DATA
-ldmscale metrics fd-probe    --images SAMPLES --ref DATA [--probe PROBE_DIR]
+ldmscale metrics fd_effnet   --images SAMPLES --ref DATA
+ldmscale metrics fd_probe    --images SAMPLES --ref DATA [--probe PROBE_DIR]
 ldmscale metrics alignment   --images SAMPLES (--probe PROBE_DIR | --data DATA) [--captions FILE]
-ldmscale metrics clip-score  --images SAMPLES --clip CLIP_DIR [--captions FILE] [--x100]
+ldmscale metrics clip_score  --images SAMPLES --clip CLIP_DIR [--captions FILE] [--x100]
 ldmscale metrics train-probe --data DATA --out PROBE_DIR
+
+Metric names are the results store's (ldmscale.metrics.registry); the older spellings
+fd-effnet, fd-probe and clip-score are accepted too.
 
 SAMPLES is a folder written by `ldmscale sample` (its samples.json gives the files and their
 prompts) or any folder of equally sized PNG/JPEG images (captions then come from --captions:
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ldmscale.cli import UserError
+from ldmscale.metrics.registry import build_network, get_metric
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -54,24 +58,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--max-ref", type=int, default=None, help="use at most N reference images")
         p.add_argument("--cache-dir", default=None, help="cache folder (default $LDMSCALE_CACHE)")
 
-    p = sub.add_parser("fid", help="FID (Inception-2015-12-05 pool3), optionally KID")
+    def metric_parser(name: str, extra: str = "", aliases: tuple[str, ...] = ()):
+        m = get_metric(name)
+        return sub.add_parser(name, aliases=list(aliases), help=m.note + extra)
+
+    p = metric_parser("fid", "; --kid adds KID")
     images_arg(p)
     ref_args(p)
     p.add_argument("--kid", action="store_true", help="also report KID (mean ± std)")
-    p.set_defaults(func=_fid, feature="inception")
+    p.set_defaults(func=_fid, metric="fid")
 
-    p = sub.add_parser("fd-effnet", help="Fréchet distance on EfficientNet-Lite0 features")
+    p = metric_parser("fd_effnet", aliases=("fd-effnet",))
     images_arg(p)
     ref_args(p)
-    p.set_defaults(func=_fid, feature="effnet", kid=False)
+    p.set_defaults(func=_fid, metric="fd_effnet", kid=False)
 
-    p = sub.add_parser("fd-probe", help="Fréchet distance on the shapes probe's features")
+    p = metric_parser("fd_probe", aliases=("fd-probe",))
     images_arg(p)
     ref_args(p)
     p.add_argument("--probe", default=None, help="probe folder (default: cached probe of --ref)")
-    p.set_defaults(func=_fid, feature="probe", kid=False)
+    p.set_defaults(func=_fid, metric="fd_probe", kid=False)
 
-    p = sub.add_parser("alignment", help="fraction of images whose objects match the prompt")
+    p = metric_parser("alignment")
     images_arg(p)
     p.add_argument("--probe", default=None, help="probe folder")
     p.add_argument("--data", default=None, help="shapes dataset (uses its cached probe)")
@@ -79,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=None, help="cache folder (default $LDMSCALE_CACHE)")
     p.set_defaults(func=_alignment)
 
-    p = sub.add_parser("clip-score", help="cosine of CLIP image and text embeddings")
+    p = metric_parser("clip_score", aliases=("clip-score",))
     images_arg(p)
     p.add_argument("--clip", default=None, help="local CLIP folder (CLIPModel + processor)")
     p.add_argument("--captions", default=None, help="captions file (default: samples.json)")
@@ -150,32 +158,20 @@ def _print(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
     print(json.dumps(result, indent=2) if args.json else text)
 
 
-def _extractor(args: argparse.Namespace) -> Any:
-    if args.feature == "inception":
-        from ldmscale.metrics.fid import InceptionFeatures
-
-        return InceptionFeatures()
-    if args.feature == "effnet":
-        from ldmscale.metrics.effnet import EffNetFeatures
-
-        return EffNetFeatures()
-    from ldmscale.metrics.probe import load_probe, probe_for_dataset
-
-    return (
-        load_probe(args.probe)
-        if args.probe
-        else probe_for_dataset(args.ref, cache_dir=args.cache_dir)
-    )
-
-
 def _fid(args: argparse.Namespace) -> int:
     from ldmscale.metrics.common import extract_features
     from ldmscale.metrics.fid import warn_few_images
     from ldmscale.metrics.frechet import frechet_distance_features
     from ldmscale.metrics.reference import reference_stats
 
+    metric = get_metric(args.metric)
     images, _ = read_image_folder(args.images)
-    extractor = _extractor(args)
+    extractor = build_network(
+        metric.network,
+        dataset=args.ref,
+        probe_dir=getattr(args, "probe", None),
+        cache_dir=args.cache_dir,
+    )
     ref = reference_stats(
         args.ref,
         extractor,
@@ -186,7 +182,7 @@ def _fid(args: argparse.Namespace) -> int:
         keep_features=args.kid,
     )
     feats = extract_features(images, extractor, args.batch_size, progress=True)
-    label = {"inception": "FID", "effnet": "FD-EffNet", "probe": "FD-probe"}[args.feature]
+    label = metric.label
     warn_few_images(len(feats), "generated", label)
     warn_few_images(ref.stats.n, "reference", label)
     value = frechet_distance_features(feats, ref.stats)
@@ -210,16 +206,13 @@ def _fid(args: argparse.Namespace) -> int:
 
 def _alignment(args: argparse.Namespace) -> int:
     from ldmscale.metrics.alignment import text_alignment
-    from ldmscale.metrics.probe import load_probe, probe_for_dataset
 
     if (args.probe is None) == (args.data is None):
         raise UserError("give exactly one of --probe PROBE_DIR or --data SHAPES_DATASET")
     images, prompts = read_image_folder(args.images)
     captions = _captions(args, prompts, len(images))
-    probe = (
-        load_probe(args.probe)
-        if args.probe
-        else probe_for_dataset(args.data, cache_dir=args.cache_dir)
+    probe = build_network(
+        "probe", dataset=args.data, probe_dir=args.probe, cache_dir=args.cache_dir
     )
     res = text_alignment(images, probe, captions=captions, batch_size=args.batch_size)
     result = {"metric": "alignment", "value": res.score, "n_images": len(images)}

@@ -162,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     evaluate = load_evaluator(args.evaluator)
+    if evaluate is None:  # the built-in evaluator scores the registry's metrics only
+        from ldmscale.metrics.registry import check_metrics
+
+        check_metrics(cfg.metrics)
     settings = load_settings(args.cells)
     progress = not args.no_progress
     if settings is not None and args.adaptive:
