@@ -32,8 +32,9 @@ import time
 import numpy as np
 
 from ldmscale.adaptive import AdaptiveConfig, adaptive_search, search_guidance, synthetic_rows
+from ldmscale.metrics.registry import metric_direction
 from ldmscale.rowcache import load_rows
-from ldmscale.store import ResultsStore, metric_direction
+from ldmscale.store import ResultsStore
 from ldmscale.sweep import PAPER_GUIDANCE, SweepConfig, metric_statistic, plan_sweep, run_sweep
 
 

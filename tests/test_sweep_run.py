@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -19,6 +20,7 @@ import pytest
 import sweep_helpers
 from ldmscale.store import ResultsStore
 from ldmscale.sweep import (
+    SweepConfig,
     SweepError,
     cell_row,
     plan_sweep,
@@ -165,6 +167,50 @@ def test_ray_executor_matches_serial(models, tmp_path, ray_local):
     for cid, row in serial.items():
         assert distributed[cid]["metrics"] == row["metrics"]
         assert distributed[cid]["flops"] == row["flops"]
+
+
+@pytest.mark.slow
+def test_ray_executor_runs_the_real_evaluator_like_serial(models, tmp_path, tiny_shapes, ray_local):
+    """A small real sweep (a tiny model folder in the trainer's format, real sampling, FD-probe
+    and text alignment with bootstrap CIs) on the local 2-CPU Ray instance stores the same rows
+    as the serial executor, and the driver itself samples nothing."""
+    from ldmscale.sweep import evaluate
+
+    cfg = SweepConfig(
+        models=(models[0],),
+        samplers=("ddim", "dpmpp"),
+        steps=(2,),
+        guidance=(1.0, 3.0),
+        n_images=4,
+        dataset=str(tiny_shapes),
+        resolution=16,
+        metrics=("fd_probe", "alignment"),
+        bootstrap=20,
+        batch_size=4,
+        probe_steps=20,
+        store=str(tmp_path / "serial.sqlite"),
+    )
+    with ResultsStore(cfg.store) as s:
+        run_sweep(cfg, s, progress=False)  # the built-in evaluator, in this process
+        serial = {r["cell_id"]: r for r in s.rows()}
+    evaluate._MODELS.clear()
+    ray_cfg = cfg.replace(executor="ray", store=str(tmp_path / "ray.sqlite"))
+    with ResultsStore(ray_cfg.store) as s:
+        summary = run_sweep(ray_cfg, s, progress=False)
+        distributed = {r["cell_id"]: r for r in s.rows()}
+    assert not evaluate._MODELS  # the cells were sampled in the Ray workers
+    assert summary.computed == len(serial) == 4 and distributed.keys() == serial.keys()
+    for cid, row in serial.items():
+        other = distributed[cid]
+        assert other["metrics"] == row["metrics"]  # values, CIs and n, exactly
+        for key in ("nfe", "flops", "norm_cost", "sampling_cost"):
+            assert other[key] == row[key], key
+        networks = row["provenance"]["extra"]["feature_networks"]
+        assert other["provenance"]["extra"]["feature_networks"] == networks
+        fd, align = row["metrics"]["fd_probe"], row["metrics"]["alignment"]
+        assert math.isfinite(fd["value"]) and fd["lo"] <= fd["value"] <= fd["hi"]
+        assert 0.0 <= align["lo"] <= align["hi"] <= 1.0 and fd["n"] == align["n"] == 4
+    assert len({r["metrics"]["fd_probe"]["value"] for r in serial.values()}) == 4
 
 
 def test_cli_dry_run_and_overrides(models, tmp_path, capsys, monkeypatch):
