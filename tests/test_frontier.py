@@ -216,9 +216,10 @@ def test_load_rows_json_and_jsonl(tmp_path, study_rows):
 
 
 def test_load_rows_from_results_store(tmp_path, study_rows):
-    store_mod = pytest.importorskip("ldmscale.store")
+    from ldmscale.store import ResultsStore
+
     path = tmp_path / "results.sqlite"
-    with store_mod.ResultsStore(path) as store:
+    with ResultsStore(path) as store:
         for r in study_rows[:12]:
             store.put(r)
     rows = load_rows(path)
