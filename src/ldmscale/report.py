@@ -69,6 +69,7 @@ from ldmscale.frontier import (
     train_step_of,
 )
 from ldmscale.io import atomic_path
+from ldmscale.modelfolder import MODEL_FILE, ModelLoadError, read_model_meta
 from ldmscale.paired import RowSource, describe_methods
 from ldmscale.samplers import SAMPLER_NAMES, sampler_label
 
@@ -162,9 +163,6 @@ def read_training_log(run: str | Path) -> TrainingCurve:
     log = run / "log.jsonl"
     if not log.is_file():
         raise ReportError(f"{run}: no log.jsonl; pass a run folder written by `ldmscale train`")
-    # imported here: it imports torch, which the report does not otherwise need
-    from ldmscale.modelfolder import MODEL_FILE, ModelLoadError, read_model_meta
-
     c = norm_cost = None
     if (run / "model" / MODEL_FILE).is_file():
         try:
