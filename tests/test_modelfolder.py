@@ -247,7 +247,9 @@ def test_clip_folder_becomes_a_pipeline_folder(tmp_path, tiny_sd_dir):
     pipe = _pipeline(folder)
     assert pipe.text_encoder.config.use_attention_mask is False
     cfg = SamplerConfig(name="ddim", steps=2, guidance=3.0, timestep_spacing="trailing")
-    ours = generate(load_model(folder), PROMPTS, SEEDS, cfg, progress=False)
+    model = load_model(folder)
+    assert model.source_format == MODEL_FORMAT  # ldmscale_model.json wins over model_index.json
+    ours = generate(model, PROMPTS, SEEDS, cfg, progress=False)
     torch.testing.assert_close(ours.latents, _pipeline_latents(pipe, cfg), rtol=1e-4, atol=1e-5)
 
 
