@@ -3,7 +3,7 @@
 # Extra arguments go to pytest (e.g. ./test.sh -m "not slow" for the quick subset).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-bash "$ROOT/scripts/setup.sh"
+bash "$ROOT/scripts/setup.sh" test
 cd "$ROOT"
 # The report test renders HTML in headless Chromium (Debian's package).
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -15,16 +15,24 @@ from PIL import Image
 
 from conftest import make_study_rows
 from ldmscale.cli import main
-from ldmscale.report import ReportError, SampleGrid, build_report, load_sample_grids
+from ldmscale.family import UNetSpec
+from ldmscale.modelfolder import ModelMeta, write_model_meta
+from ldmscale.report import (
+    ReportError,
+    SampleGrid,
+    build_report,
+    load_sample_grids,
+    read_training_log,
+)
+from ldmscale.text import TextEncoderSpec
 
 EVIL = "a red <script>alert('x')</script> circle & square"
 
 
 def _run(root: Path, c: int, norm_cost: float, n: int = 60) -> Path:
     run = root / f"c{c}"
-    (run / "model").mkdir(parents=True)
-    meta = {"unet_spec": {"c": c}, "norm_cost": norm_cost}
-    (run / "model" / "ldmscale_model.json").write_text(json.dumps(meta))
+    meta = ModelMeta(UNetSpec(c=c), TextEncoderSpec(), scaling_factor=0.5, norm_cost=norm_cost)
+    write_model_meta(run / "model", meta)
     lines = []
     for i in range(1, n + 1):
         step = 10 * i
@@ -142,6 +150,11 @@ def test_report_refuses_empty_and_missing(tmp_path, study_rows):
     with pytest.raises(ReportError, match="log.jsonl"):
         build_report(study_rows, [tmp_path], [], tmp_path / "r")
     assert not (tmp_path / "r").exists()
+    run = _run(tmp_path / "runs", 64, 0.07)
+    assert read_training_log(run).c == 64
+    (run / "model" / "ldmscale_model.json").write_text(json.dumps({"unet_spec": {"c": 64}}))
+    with pytest.raises(ReportError, match="c64: .*format None is not 'ldmscale-model/1'"):
+        read_training_log(run)
 
 
 def test_load_sample_grids_reads_samples_json(tmp_path):

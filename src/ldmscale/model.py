@@ -2,10 +2,12 @@
 
 Two folder formats go through the same sampling code:
 
-* an **ldmscale model folder** (``<run>/model/``, written by the trainer): ``unet/``, ``vae/``,
-  ``scheduler/`` (diffusers ``save_pretrained``) and ``ldmscale_model.json`` holding the
-  ``UNetSpec``, the ``TextEncoderSpec``, the latent ``scaling_factor``, the normalized cost and
-  the GFLOPs of one UNet forward;
+* an **ldmscale model folder** (``<run>/model/``, written by the trainer; see
+  :mod:`ldmscale.modelfolder`): ``unet/``, ``vae/``, ``scheduler/`` (diffusers
+  ``save_pretrained``) and ``ldmscale_model.json`` (:class:`~ldmscale.modelfolder.ModelMeta`:
+  the ``UNetSpec``, the ``TextEncoderSpec``, the latent ``scaling_factor``, the normalized cost
+  and the GFLOPs of one UNet forward). Its diffusers pipeline files, when present, are not
+  read: the text encoder is loaded from the spec;
 * a **diffusers Stable Diffusion pipeline folder** on local disk (``model_index.json``,
   ``unet/``, ``vae/``, ``text_encoder/`` = ``CLIPTextModel``, ``tokenizer/``, ``scheduler/``),
   so a public SD checkpoint a user holds is sampled exactly as our own models are. Nothing is
@@ -30,17 +32,17 @@ from typing import Any, Protocol
 import torch
 
 from ldmscale import family
-from ldmscale.family import REFERENCE_WIDTH, UNetSpec
-
-LDMSCALE_MODEL_FILE = "ldmscale_model.json"
-LDMSCALE_MODEL_FORMAT = "ldmscale-model/1"
-SD_INDEX_FILE = "model_index.json"
+from ldmscale.family import REFERENCE_WIDTH
+from ldmscale.modelfolder import (
+    MODEL_FORMAT,
+    ModelLoadError,
+    find_model_folder,
+    model_name,
+    read_model_meta,
+)
+from ldmscale.text import load_text_encoder
 
 log = logging.getLogger(__name__)
-
-
-class ModelLoadError(ValueError):
-    """A model folder that cannot be loaded; the message names the problem and the fix."""
 
 
 class PromptEncoder(Protocol):
@@ -139,26 +141,11 @@ def load_model(
     ``text_encoder`` overrides the folder's text encoder (e.g. to share one encoder across a
     sweep of models trained with the same one).
     """
-    path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(
-            f"model folder not found: {path}; pass the `model/` folder of a training run "
-            f"(it holds {LDMSCALE_MODEL_FILE}) or a diffusers Stable Diffusion folder "
-            f"(it holds {SD_INDEX_FILE})"
-        )
-    if not path.is_dir():
-        raise ModelLoadError(f"{path} is a file; pass the model folder that contains it")
-    if (path / LDMSCALE_MODEL_FILE).is_file():
-        model = _load_ldmscale(path, text_encoder)
-    elif (path / SD_INDEX_FILE).is_file():
-        model = _load_sd(path, text_encoder)
-    elif (path / "model" / LDMSCALE_MODEL_FILE).is_file():
-        model = _load_ldmscale(path / "model", text_encoder)
+    folder, kind = find_model_folder(path)
+    if kind == "ldmscale":
+        model = _load_ldmscale(folder, text_encoder)
     else:
-        raise ModelLoadError(
-            f"unknown model format in {path}: expected {LDMSCALE_MODEL_FILE} (an ldmscale model, "
-            f"e.g. <run>/model/) or {SD_INDEX_FILE} (a diffusers Stable Diffusion folder)"
-        )
+        model = _load_sd(folder, text_encoder)
     model.unet.to(device).eval().requires_grad_(False)
     model.vae.to(device).eval().requires_grad_(False)
     return model
@@ -216,55 +203,36 @@ def _load_unet_vae(folder: Path) -> tuple[Any, Any]:
 
 
 def _load_ldmscale(folder: Path, text_encoder: PromptEncoder | None) -> DiffusionModel:
-    meta = _read_json(folder / LDMSCALE_MODEL_FILE)
-    fmt = meta.get("format")
-    if fmt != LDMSCALE_MODEL_FORMAT:
-        raise ModelLoadError(
-            f"{folder / LDMSCALE_MODEL_FILE}: format {fmt!r} is not {LDMSCALE_MODEL_FORMAT!r}; "
-            "the model was written by another ldmscale version — re-export it with this one"
-        )
-    for key in ("unet_spec", "text_encoder", "scaling_factor"):
-        if key not in meta:
-            raise ModelLoadError(f"{folder / LDMSCALE_MODEL_FILE}: missing key {key!r}")
-    spec = UNetSpec.from_dict(meta["unet_spec"])
-    prediction_type = meta.get("prediction_type", "epsilon")
-    scheduler_config = _scheduler_config(folder, prediction_type)
+    meta = read_model_meta(folder)
+    scheduler_config = _scheduler_config(folder, meta.prediction_type)
     unet, vae = _load_unet_vae(folder)
     if text_encoder is None:
-        try:
-            from ldmscale.text import TextEncoderSpec, load_text_encoder
-        except ImportError as e:  # pragma: no cover - depends on the installed package
-            raise ModelLoadError(
-                f"cannot import ldmscale.text to load the text encoder: {e}"
-            ) from e
-        text_encoder = load_text_encoder(TextEncoderSpec.from_dict(meta["text_encoder"]))
-    gflops = meta.get("gflops_dense")
+        text_encoder = load_text_encoder(meta.text_encoder)
+    gflops = meta.gflops_dense
     if gflops is None:
-        gflops = family.count_gflops(spec, convention="dense")
-    if "norm_cost" in meta:
-        norm_cost = float(meta["norm_cost"])
-    else:
-        norm_cost = family.normalized_cost(spec)
-    name = meta.get("name") or (folder.parent.name if folder.name == "model" else folder.name)
+        gflops = family.count_gflops(meta.unet_spec, convention="dense")
+    norm_cost = meta.norm_cost
+    if norm_cost is None:
+        norm_cost = family.normalized_cost(meta.unet_spec)
     return DiffusionModel(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
         scheduler_config=scheduler_config,
-        scaling_factor=float(meta["scaling_factor"]),
-        prediction_type=prediction_type,
-        norm_cost=norm_cost,
+        scaling_factor=meta.scaling_factor,
+        prediction_type=meta.prediction_type,
+        norm_cost=float(norm_cost),
         gflops_per_forward=float(gflops),
-        name=name,
+        name=model_name(folder, meta),
         path=folder,
-        source_format=LDMSCALE_MODEL_FORMAT,
-        code_version=meta.get("code_version"),
-        meta={k: v for k, v in meta.items() if k != "train_config"},
+        source_format=MODEL_FORMAT,
+        code_version=meta.code_version,
+        meta=meta.describe(),
     )
 
 
 def _load_sd(folder: Path, text_encoder: PromptEncoder | None) -> DiffusionModel:
-    index = _read_json(folder / SD_INDEX_FILE)
+    index = _read_json(folder / "model_index.json")
     unet, vae = _load_unet_vae(folder)
     scheduler_config = _scheduler_config(folder, None)
     if text_encoder is None:

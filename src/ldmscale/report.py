@@ -69,6 +69,7 @@ from ldmscale.frontier import (
 )
 from ldmscale.io import atomic_path
 from ldmscale.metrics.registry import get_metric, metric_direction
+from ldmscale.modelfolder import MODEL_FILE, ModelLoadError, read_model_meta
 from ldmscale.paired import RowSource, describe_methods
 from ldmscale.samplers import SAMPLER_NAMES, sampler_label
 
@@ -147,11 +148,12 @@ def read_training_log(run: str | Path) -> TrainingCurve:
     if not log.is_file():
         raise ReportError(f"{run}: no log.jsonl; pass a run folder written by `ldmscale train`")
     c = norm_cost = None
-    meta_path = run / "model" / "ldmscale_model.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        c = (meta.get("unet_spec") or {}).get("c")
-        norm_cost = meta.get("norm_cost")
+    if (run / "model" / MODEL_FILE).is_file():
+        try:
+            meta = read_model_meta(run / "model")
+        except ModelLoadError as e:
+            raise ReportError(f"{run}: {e}") from e
+        c, norm_cost = meta.unet_spec.c, meta.norm_cost
     curve = TrainingCurve(label=f"c={c}" if c is not None else run.name, c=c)
     for line in log.read_text().splitlines():
         if not line.strip():

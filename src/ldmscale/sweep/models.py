@@ -9,14 +9,20 @@ the export records.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
 
-from ldmscale.io import hash_json, sha256_file
+from ldmscale.modelfolder import (
+    ModelLoadError,
+    find_model_folder,
+    hashed_files,
+    model_hash,
+    model_name,
+    read_model_meta,
+)
 from ldmscale.sweep.config import SweepError
 
 
@@ -49,25 +55,10 @@ class ModelInfo:
 
 
 def _model_folder(path: Path) -> tuple[Path, str]:
-    if (path / "ldmscale_model.json").is_file():
-        return path, "ldmscale"
-    if (path / "model" / "ldmscale_model.json").is_file():
-        return path / "model", "ldmscale"
-    if (path / "model_index.json").is_file():
-        return path, "diffusers"
-    raise SweepError(
-        f"{path} is not a model folder: expected ldmscale_model.json (a training run's model/ "
-        "folder) or model_index.json (a diffusers Stable Diffusion folder)"
-    )
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    files = []
-    for sub in ("unet", "vae"):
-        d = folder / sub
-        files += sorted(p for p in d.glob("*") if p.suffix in (".safetensors", ".bin", ".json"))
-    own = folder / "ldmscale_model.json"
-    return files + ([own] if own.is_file() else [])
+    try:
+        return find_model_folder(path)
+    except ModelLoadError as e:
+        raise SweepError(str(e)) from None
 
 
 def _count_params(unet_dir: Path) -> int | None:
@@ -86,47 +77,31 @@ def _count_params(unet_dir: Path) -> int | None:
 
 @cache
 def _describe_model_cached(path: str, stamp: tuple) -> ModelInfo:
-    import json
-
     folder, kind = _model_folder(Path(path))
-    files = _weight_files(folder)
-    if not any(f.suffix in (".safetensors", ".bin") for f in files):
+    if not any(f.suffix in (".safetensors", ".bin") for f in hashed_files(folder)):
         raise SweepError(f"{folder}: no weight files under unet/ or vae/; is the export complete?")
-    digest = hash_json([[str(f.relative_to(folder)), sha256_file(f)] for f in files], length=32)
+    digest = model_hash(folder)
     params = _count_params(folder / "unet")
     if kind == "ldmscale":
-        meta = json.loads((folder / "ldmscale_model.json").read_text())
-        meta.pop("train_config", None)
-        run = meta.get("run")
-        if meta.get("name"):
-            name = meta["name"]
-        elif folder.name == "model":
-            name = folder.parent.name
-        else:  # a checkpoint export <run>/evals/step-N/: name it by its run too
-            name = f"{run}/{folder.name}" if run else folder.name
-        c = (meta.get("unet_spec") or {}).get("c")
+        meta = read_model_meta(folder)
         return ModelInfo(
             str(folder),
-            name,
+            model_name(folder, meta),
             digest,
-            c,
+            meta.unet_spec.c,
             params,
-            meta.get("norm_cost"),
-            meta,
-            train_step=_opt(int, meta.get("train_step")),
-            total_steps=_opt(int, meta.get("total_steps")),
-            train_compute=_opt(float, meta.get("train_compute")),
-            images_seen=_opt(int, meta.get("images_seen")),
-            train_seed=_opt(int, meta.get("seed")),
-            run=None if run is None else str(run),
+            meta.norm_cost,
+            meta.describe(),
+            train_step=meta.train_step,
+            total_steps=meta.total_steps,
+            train_compute=meta.train_compute,
+            images_seen=meta.images_seen,
+            train_seed=meta.seed,
+            run=meta.run,
         )
     unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
     c = int(unet_cfg["block_out_channels"][0])
     return ModelInfo(str(folder), folder.name, digest, c, params, None, unet_cfg)
-
-
-def _opt(cast: Callable[[Any], Any], value: Any) -> Any:
-    return None if value is None else cast(value)
 
 
 def describe_model(path: str | Path) -> ModelInfo:
@@ -135,5 +110,5 @@ def describe_model(path: str | Path) -> ModelInfo:
     if not path.is_dir():
         raise SweepError(f"model folder not found: {path}")
     folder, _ = _model_folder(path)
-    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in _weight_files(folder))
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in hashed_files(folder))
     return _describe_model_cached(str(path), stamp)
