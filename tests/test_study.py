@@ -20,6 +20,7 @@ from ldmscale.study import (
     preset,
     run_study,
 )
+from ldmscale.sweep import grid_settings
 
 
 @pytest.mark.slow
@@ -113,7 +114,6 @@ def test_presets_round_trip_and_validate(tmp_path):
         cfg = preset(name)
         path = cfg.save(tmp_path / f"{name}.toml")
         assert StudyConfig.load(path) == cfg
-    assert preset("tiny").sweep.n_images >= 1
     assert len(preset("tiny").widths) >= 3
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("huge")
@@ -121,13 +121,20 @@ def test_presets_round_trip_and_validate(tmp_path):
         preset("tiny").replace(resolution=64)
 
 
-def test_dry_run_prints_plan_and_cost(capsys):
-    assert main(["study", "--preset", "tiny", "--dry-run"]) == 0
+def test_dry_run_prints_plan_and_cost(tmp_path, capsys):
+    cfg = micro_study(tmp_path / "s")
+    config = cfg.save(tmp_path / "micro.toml")
+    assert main(["study", "--config", str(config), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "sweep:" in out and "train compute" in out
-    # The paper preset's plan (two widths to keep the test short): 64 x 64 latents, CLIP context.
-    text = dry_run(preset("paper").replace(widths=(64, 768)))
-    assert "768" in text and "4x64x64" in text and "clip" in text
+    assert f"sweep: {len(grid_settings(cfg.sweep)) * len(cfg.widths)} cells" in out
+    widths = [line.split() for line in out.splitlines() if line.split()[:1] in (["8"], ["16"])]
+    assert len(widths) == 2 and all(len(w) == 9 for w in widths)  # 5 counts + 2 timed columns
+    assert "estimated on this machine:" in out and not (tmp_path / "s").exists()
+    # The paper preset's plan (one width to keep the test short): 64 x 64 latents, CLIP
+    # context, a width too large to time on this machine.
+    text = dry_run(preset("paper").replace(widths=(64,)))
+    assert "latent 4x64x64; text clip (77 tokens)" in text
+    assert text.count("(target)") == 2 and "no full time estimate" in text
 
 
 def test_cli_runs_every_stage_by_default(monkeypatch, tmp_path):
