@@ -14,7 +14,7 @@ before they run; their run is then cheap when nothing changed.
 | train | ``c<c>`` | ``runs/c<c>/`` (owned) | ``model/ldmscale_model.json`` exists |
 | samples | | ``samples/c<c>/`` | (run: a grid whose ``samples.json`` matches is kept) |
 | sweep, confirm, checkpoints | | cells in ``results.sqlite`` | every planned cell is stored |
-| floors | | ``floors.json`` | keyed by protocol, N and autoencoder hash |
+| floors | | ``floors.json`` | (run: reused while protocol, N and autoencoder hash match) |
 | report | | ``report/`` | (always rebuilt) |
 
 *Owned* outputs are guarded by :mod:`ldmscale.study.record`. A new stage is one more
@@ -83,6 +83,7 @@ def never(run: StudyRun) -> bool:
 
 
 def data_inputs(cfg: StudyConfig) -> dict[str, Any]:
+    """The data stage's inputs: the ``--data`` folder and resolution, or the shapes settings."""
     if cfg.data:
         return {"data": str(cfg.data), "resolution": cfg.resolution}
     shapes = ("n_train", "n_val", "resolution", "seed", "max_objects")
@@ -126,6 +127,7 @@ def _data_run(run: StudyRun) -> None:
 
 
 def autoencoder_inputs(cfg: StudyConfig) -> dict[str, Any]:
+    """The data's inputs and the autoencoder's config (or the given ``vae`` folder)."""
     own = {"vae": str(cfg.vae)} if cfg.vae else cfg.autoencoder.to_dict()
     return {"data": data_inputs(cfg), "autoencoder": own}
 
@@ -156,6 +158,8 @@ def _autoencoder_run(run: StudyRun) -> None:
 
 
 def train_inputs(cfg: StudyConfig, c: int) -> dict[str, Any]:
+    """Width ``c``'s run: the autoencoder's inputs, the text encoder, the training template
+    (without the fields the study sets per width) and ``c``."""
     template = cfg.train.to_dict()
     train = {k: v for k, v in template.items() if k not in TRAIN_FIELDS_SET_BY_STUDY}
     return {
@@ -224,6 +228,7 @@ def _samples_run(run: StudyRun) -> None:
 
 
 def sweep_inputs(cfg: StudyConfig) -> dict[str, Any]:
+    """Every width's model inputs, the data and the sweep template."""
     return {"models": models_inputs(cfg), "data": data_inputs(cfg), "sweep": cfg.sweep.to_dict()}
 
 
