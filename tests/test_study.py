@@ -6,67 +6,31 @@ import json
 
 import pytest
 
-from ldmscale.autoencoder import AutoencoderConfig
+from conftest import micro_study
 from ldmscale.cli import main
 from ldmscale.config import ConfigError
 from ldmscale.family import UNetSpec, normalized_cost
-from ldmscale.sampling import SamplerConfig
 from ldmscale.store import ResultsStore
-from ldmscale.study import CONFIRM_SEED0, PRESETS, StudyConfig, dry_run, preset, run_study
-from ldmscale.sweep import SweepConfig
-from ldmscale.text import TextEncoderSpec
-from ldmscale.train import TrainConfig
-
-
-def micro(out_dir) -> StudyConfig:
-    return StudyConfig(
-        out_dir=str(out_dir),
-        preset="micro",
-        n_train=48,
-        n_val=16,
-        resolution=16,
-        autoencoder=AutoencoderConfig(
-            resolution=16,
-            block_out_channels=(8, 16),
-            norm_num_groups=8,
-            steps=20,
-            val_images=16,
-            scale_images=32,
-        ),
-        text_encoder=TextEncoderSpec(kind="minilm", max_length=8),
-        widths=(8, 16),
-        train=TrainConfig(
-            steps=4,
-            batch_size=8,
-            warmup_steps=1,
-            checkpoint_every=2,
-            log_every=2,
-            layers_per_block=1,
-            eval_steps=(2, 4),
-        ),
-        preview=SamplerConfig(name="ddim", steps=2, guidance=2.0),
-        preview_prompts=4,
-        sweep=SweepConfig(
-            samplers=("ddim", "dpmpp"),
-            steps=(1, 2),
-            guidance=(1.5, 3.0),
-            n_images=8,
-            batch_size=8,
-            bootstrap=20,
-            metrics=("fd_probe", "alignment"),
-            probe_steps=20,
-        ),
-        checkpoint_sampler=SamplerConfig("ddim", 2, 3.0, "trailing"),
-        primary_metric="fd_probe",
-        paper_table=False,
-    )
+from ldmscale.study import (
+    CONFIRM_SEED0,
+    PRESETS,
+    StageMismatchError,
+    StudyConfig,
+    dry_run,
+    preset,
+    run_study,
+)
+from ldmscale.sweep import grid_settings
 
 
 @pytest.mark.slow
-def test_study_runs_every_stage_and_resumes(tmp_path):
-    cfg = micro(tmp_path / "study")
+def test_study_runs_every_stage_and_resumes(tmp_path, capfd):
+    cfg = micro_study(tmp_path / "study")
     lines: list[str] = []
     result = run_study(cfg, progress=False, log=lines.append)
+    # progress=False draws no bar: not the probe's, the dataset checks' nor the weight loading's
+    err = capfd.readouterr().err
+    assert "%|" not in err and "it/s]" not in err, err[-2000:]
 
     assert set(result.timings) == {
         "data", "autoencoder", "train", "samples", "sweep", "confirm", "checkpoints", "floors",
@@ -116,15 +80,33 @@ def test_study_runs_every_stage_and_resumes(tmp_path):
 
     # Running again resumes: nothing is retrained or recomputed.
     lines.clear()
-    again = run_study(cfg, progress=False, log=lines.append)
-    assert any("c=8: trained model found" in line for line in lines)
-    assert any("computed 0 cells" in line for line in lines)
-    assert any("checkpoint cells" in line for line in lines)
-    assert again.timings["train"] < result.timings["train"]
+    run_study(cfg, progress=False, log=lines.append)
+    for stage in ("train/c8", "train/c16", "sweep", "confirm", "checkpoints"):
+        assert f"[study]   {stage}: complete, reused" in lines
+    assert not any("computed" in line or "training c=" in line for line in lines)
+    with ResultsStore(cfg.root / "results.sqlite") as store:
+        assert len(store.rows()) == 16 + 8 + 4
 
-    # A different config in the same folder is refused, naming the fix.
-    with pytest.raises(ConfigError, match="different config"):
-        run_study(cfg.replace(widths=(8,)), progress=False, log=lines.append)
+    # A new grid point after training reuses the autoencoder and the models: only the 8 new
+    # cells (2 widths x 2 samplers x 2 steps at w = 2) are computed, and the report and the
+    # verdict read this grid's cells only.
+    lines.clear()
+    wider = cfg.replace(sweep=cfg.sweep.replace(guidance=(1.5, 2.0, 3.0)))
+    run_study(wider, progress=False, log=lines.append)
+    assert "[study]   autoencoder: complete, reused" in lines
+    assert "[study]   train/c16: complete, reused" in lines
+    assert "[study]   computed 8 cells (the rest were already stored)" in lines
+    lines.clear()
+    narrow = run_study(cfg.replace(widths=(8,)), stages=("sweep", "report"), log=lines.append)
+    assert "[study]   sweep: complete, reused" in lines
+    assert "c=16" not in narrow.verdict and "c = 16" not in narrow.verdict
+
+    # A changed autoencoder is refused before any stage runs, naming the stage, the field and
+    # the fix; the folder is left as it was.
+    with pytest.raises(StageMismatchError, match=r"'autoencoder'.*autoencoder\.steps: 20 -> 30"):
+        run_study(cfg.replace(autoencoder=cfg.autoencoder.replace(steps=30)), log=lines.append)
+    with pytest.raises(StageMismatchError, match=r"'train/c8'.*train\.steps: 4 -> 5.*delete"):
+        run_study(cfg.replace(train=cfg.train.replace(steps=5)), log=lines.append)
 
 
 def test_presets_round_trip_and_validate(tmp_path):
@@ -132,7 +114,6 @@ def test_presets_round_trip_and_validate(tmp_path):
         cfg = preset(name)
         path = cfg.save(tmp_path / f"{name}.toml")
         assert StudyConfig.load(path) == cfg
-    assert preset("tiny").sweep.n_images >= 1
     assert len(preset("tiny").widths) >= 3
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("huge")
@@ -140,13 +121,20 @@ def test_presets_round_trip_and_validate(tmp_path):
         preset("tiny").replace(resolution=64)
 
 
-def test_dry_run_prints_plan_and_cost(capsys):
-    assert main(["study", "--preset", "tiny", "--dry-run"]) == 0
+def test_dry_run_prints_plan_and_cost(tmp_path, capsys):
+    cfg = micro_study(tmp_path / "s")
+    config = cfg.save(tmp_path / "micro.toml")
+    assert main(["study", "--config", str(config), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "sweep:" in out and "train compute" in out
-    # The paper preset's plan (two widths to keep the test short): 64 x 64 latents, CLIP context.
-    text = dry_run(preset("paper").replace(widths=(64, 768)))
-    assert "768" in text and "4x64x64" in text and "clip" in text
+    assert f"sweep: {len(grid_settings(cfg.sweep)) * len(cfg.widths)} cells" in out
+    widths = [line.split() for line in out.splitlines() if line.split()[:1] in (["8"], ["16"])]
+    assert len(widths) == 2 and all(len(w) == 9 for w in widths)  # 5 counts + 2 timed columns
+    assert "estimated on this machine:" in out and not (tmp_path / "s").exists()
+    # The paper preset's plan (one width to keep the test short): 64 x 64 latents, CLIP
+    # context, a width too large to time on this machine.
+    text = dry_run(preset("paper").replace(widths=(64,)))
+    assert "latent 4x64x64; text clip (77 tokens)" in text
+    assert text.count("(target)") == 2 and "no full time estimate" in text
 
 
 def test_cli_runs_every_stage_by_default(monkeypatch, tmp_path):

@@ -29,6 +29,8 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ldmscale.progress import show_bar
+
 FINGERPRINT_VERSION = "ldmscale-data/1"
 
 
@@ -218,7 +220,8 @@ def load_dataset(
     ``all_captions``: COCO only, one record per caption instead of per image (first caption).
     ``validate``: decode every image now (default); with False, images are only
     hashed now and a corrupt one raises DataError when it is accessed.
-    ``progress=None`` shows a bar for >= 2,000 images.
+    ``progress=None`` shows a bar for >= 2,000 images; none inside
+    ``ldmscale.progress.progress_bars(False)``.
     Raises :class:`DataError` naming the file and the fix, unless ``skip_bad``.
     """
     from ldmscale.data.folder import SKIP_HINT, canonical_split, list_entries
@@ -237,7 +240,7 @@ def load_dataset(
 
     # Decode every file once (several captions may share one image under all_captions).
     unique = list(dict.fromkeys(e.path for e in entries))
-    show = len(unique) >= 2000 if progress is None else progress
+    show = show_bar(progress, auto=len(unique) >= 2000)
     workers = min(4, os.cpu_count() or 1)
     in_memory = validate and len(unique) * resolution * resolution * 3 <= max_memory_bytes
     with ThreadPoolExecutor(workers) as pool:

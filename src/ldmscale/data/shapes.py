@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from ldmscale.data.dataset import DataError
 from ldmscale.io import atomic_path
+from ldmscale.progress import show_bar
 
 GENERATOR_VERSION = "shapes/1"
 """Bumped whenever a change alters the generated pixels or captions."""
@@ -215,7 +216,7 @@ def generate_shapes(
                 "choose another folder or pass overwrite=True (CLI: --overwrite)"
             )
     total = n_train + n_val
-    show = total >= 5000 if progress is None else progress
+    show = show_bar(progress, auto=total >= 5000)
     bar = tqdm(total=total, desc="shapes", unit="img", disable=not show)
     with atomic_path(root) as tmp:
         for split, n in zip(SPLITS, (n_train, n_val)):

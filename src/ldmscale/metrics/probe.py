@@ -29,6 +29,7 @@ import numpy as np
 from ldmscale.config import Config
 from ldmscale.io import atomic_path, atomic_write_json, hash_json, sha256_file
 from ldmscale.metrics.common import ImageBatches, MetricsError, iter_batches, to_float_nchw
+from ldmscale.progress import show_bar
 
 PROBE_FORMAT = "ldmscale-probe/1"
 ATTRS = ("shape", "color", "size")
@@ -274,7 +275,7 @@ def _fit(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     net.train()
-    bar = tqdm(total=cfg.steps, desc="probe", unit="step", disable=not progress)
+    bar = tqdm(total=cfg.steps, desc="probe", unit="step", disable=not show_bar(progress))
     step = 0
     while step < cfg.steps:
         order = torch.randperm(len(xt), generator=gen)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ldmscale import cost
 from ldmscale.metrics.registry import METRICS
@@ -74,24 +75,13 @@ def calibrate_model(model: ModelInfo, batch_size: int, repeats: int = 2) -> dict
         unet = UNet2DConditionModel.from_config(unet_cfg).eval()
     size = unet.config.sample_size
     h, w = (size, size) if isinstance(size, int) else size
-    ch = unet.config.in_channels
-    ctx_dim = unet.config.cross_attention_dim
     ctx_len = int((model.config.get("unet_spec") or {}).get("context_len", 77))
     if (model.config.get("text_encoder") or {}).get("max_length"):
         ctx_len = int(model.config["text_encoder"]["max_length"])
-
-    def time_unet(b: int) -> float:
-        x = torch.randn(b, ch, h, w)
-        ctx = torch.randn(b, ctx_len, ctx_dim)
-        t = torch.full((b,), 500)
-        with torch.inference_mode():
-            unet(x, t, encoder_hidden_states=ctx)  # warm-up
-            t0 = time.perf_counter()
-            for _ in range(repeats):
-                unet(x, t, encoder_hidden_states=ctx)
-        return (time.perf_counter() - t0) / repeats
-
-    out = {"unet_s": time_unet(batch_size), "unet_cfg_s": time_unet(2 * batch_size)}
+    out = {
+        "unet_s": time_unet(unet, batch_size, ctx_len, repeats),
+        "unet_cfg_s": time_unet(unet, 2 * batch_size, ctx_len, repeats),
+    }
     out["vae_s"] = 0.0
     if (folder / "vae" / "config.json").is_file():
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")).eval()
@@ -102,6 +92,24 @@ def calibrate_model(model: ModelInfo, batch_size: int, repeats: int = 2) -> dict
             vae.decode(z)
         out["vae_s"] = time.perf_counter() - t0
     return out
+
+
+def time_unet(unet: Any, batch_size: int, context_len: int, repeats: int = 2) -> float:
+    """Seconds of one inference forward of a ``UNet2DConditionModel`` at ``batch_size`` (random
+    latents and a ``context_len``-token context), the mean of ``repeats`` after a warm-up."""
+    import torch
+
+    size = unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else size
+    x = torch.randn(batch_size, unet.config.in_channels, h, w)
+    ctx = torch.randn(batch_size, context_len, unet.config.cross_attention_dim)
+    t = torch.full((batch_size,), 500)
+    with torch.inference_mode():
+        unet(x, t, encoder_hidden_states=ctx)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            unet(x, t, encoder_hidden_states=ctx)
+    return (time.perf_counter() - t0) / repeats
 
 
 def estimate_plan(
@@ -152,7 +160,8 @@ def estimate_plan(
     )
 
 
-def _fmt_seconds(s: float) -> str:
+def format_seconds(s: float) -> str:
+    """``s`` seconds as ``"45 s"``, ``"12.5 min"`` or ``"3.2 h"``."""
     if s < 120:
         return f"{s:.0f} s"
     if s < 7200:
@@ -171,12 +180,12 @@ def format_estimate(est: Estimate, batch_size: int) -> str:
     if est.seconds:
         lines.append(
             f"estimated time (serial, this machine, batch {batch_size}): "
-            f"{_fmt_seconds(est.seconds)}, of which metrics ~{_fmt_seconds(est.metric_seconds)}"
+            f"{format_seconds(est.seconds)}, of which metrics ~{format_seconds(est.metric_seconds)}"
         )
         for name, e in est.per_model.items():
             lines.append(
                 f"  {name}: {int(e['cells'])} cells, {int(e['unet_evals']):,} UNet evals, "
-                f"~{_fmt_seconds(e['seconds'])} (UNet forward {e.get('calib_unet_s', 0):.3f} s / "
+                f"~{format_seconds(e['seconds'])} (UNet forward {e.get('calib_unet_s', 0):.3f} s / "
                 f"{e.get('calib_unet_cfg_s', 0):.3f} s with CFG at batch {batch_size})"
             )
     for n in est.notes:
