@@ -128,7 +128,7 @@ class StudyRun:
 def checkpoint_settings(cfg: StudyConfig) -> list[tuple[str, str, int, float, str]]:
     """The ``checkpoints`` stage's cells: every kept checkpoint export ``<run>/evals/step-N``
     of every width, and each final model, at ``checkpoint_sampler`` (one fixed setting)."""
-    from ldmscale.model import LDMSCALE_MODEL_FILE
+    from ldmscale.modelfolder import MODEL_FILE
     from ldmscale.sweep import DEFAULT_SPACING
 
     s = cfg.checkpoint_sampler
@@ -138,6 +138,6 @@ def checkpoint_settings(cfg: StudyConfig) -> list[tuple[str, str, int, float, st
         evals = cfg.run_dir(c) / "evals"
         folders = sorted(evals.glob("step-*")) if evals.is_dir() else []
         for folder in [*folders, cfg.run_dir(c) / "model"]:
-            if (folder / LDMSCALE_MODEL_FILE).is_file():
+            if (folder / MODEL_FILE).is_file():
                 out.append((str(folder), s.name, s.steps, s.guidance, spacing))
     return out

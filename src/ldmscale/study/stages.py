@@ -176,9 +176,9 @@ def models_inputs(cfg: StudyConfig) -> dict[str, Any]:
 
 
 def _train_done(c: int, run: StudyRun) -> bool:
-    from ldmscale.model import LDMSCALE_MODEL_FILE
+    from ldmscale.modelfolder import MODEL_FILE
 
-    return (run.cfg.run_dir(c) / "model" / LDMSCALE_MODEL_FILE).is_file()
+    return (run.cfg.run_dir(c) / "model" / MODEL_FILE).is_file()
 
 
 def _train_run(c: int, run: StudyRun) -> None:
