@@ -1,0 +1,149 @@
+"""Exported model folders: ``<run>/model/`` at the end, ``<run>/evals/step-N/`` at kept steps.
+
+A model folder holds ``unet/`` (the EMA weights), ``vae/`` (a copy of the run's autoencoder),
+``scheduler/`` (the objective's, :class:`~ldmscale.objectives.ExportHints`) and
+``ldmscale_model.json``, written last inside a temporary folder that is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ldmscale.cache import Conditioning
+from ldmscale.family import UNetSpec
+from ldmscale.io import atomic_path, atomic_write_json
+from ldmscale.objectives import ExportHints, make_noise_scheduler
+from ldmscale.provenance import code_version
+from ldmscale.train.checkpoint import checkpoint_name, verify_checkpoint
+from ldmscale.train.config import CheckpointError, TrainConfig
+from ldmscale.train.rundir import EVALS_DIR
+
+MODEL_FORMAT = "ldmscale-model/1"
+
+
+def eval_dir(run_dir: str | Path, step: int) -> Path:
+    """The kept EMA model of step ``step``: ``<run_dir>/evals/step-<NNNNNNN>/``."""
+    return Path(run_dir) / EVALS_DIR / f"step-{step:07d}"
+
+
+def export_is_complete(folder: Path) -> bool:
+    """True when ``folder`` is a finished model export (it is written atomically, its
+    ``ldmscale_model.json`` last inside the temporary folder)."""
+    info = folder / "ldmscale_model.json"
+    unet = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    if not (info.is_file() and unet.is_file()):
+        return False
+    try:
+        return isinstance(json.loads(info.read_text()).get("train_step"), int)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def training_state_keys(cfg: TrainConfig, train_step: int, norm_cost: float) -> dict[str, Any]:
+    """The keys every exported model's ``ldmscale_model.json`` carries about its training:
+    ``train_step``, ``total_steps`` (``cfg.steps``), ``train_compute`` (norm cost x
+    ``train_step``, the paper's Fig. 3 axis), ``images_seen`` (``train_step x batch_size``),
+    ``seed`` (``cfg.seed``) and ``run`` (the run folder's name)."""
+    return {
+        "train_step": int(train_step),
+        "total_steps": int(cfg.steps),
+        "train_compute": float(norm_cost) * int(train_step),
+        "images_seen": int(train_step) * int(cfg.batch_size),
+        "seed": int(cfg.seed),
+        "run": Path(cfg.run_dir).resolve().name,
+    }
+
+
+def export_model(
+    out: Path,
+    ema_unet: torch.nn.Module,
+    cfg: TrainConfig,
+    spec: UNetSpec,
+    cond: Conditioning,
+    costs: dict[str, float],
+    *,
+    train_step: int | None = None,
+    hints: ExportHints | None = None,
+) -> Path:
+    """Write the model folder of the contract: unet/ (EMA), vae/, scheduler/, ldmscale_model.json.
+
+    ``train_step`` (default ``cfg.steps``) is the step the weights belong to; the json gets
+    :func:`training_state_keys` for it. ``hints`` (the objective's): the scheduler saved as
+    ``scheduler/`` (default SD's DDPM with ``cfg.prediction_type``) and a ``sampler_hint``
+    written to the json when there is one. The folder is written atomically (a kill leaves the
+    old folder or none).
+    """
+    step = cfg.steps if train_step is None else int(train_step)
+    hints = hints or ExportHints(scheduler=make_noise_scheduler(cfg.prediction_type))
+    text_encoder = cfg.text_encoder or cond.text_encoder
+    if text_encoder is None:
+        text_encoder = {"kind": "minilm", "path": None, "max_length": spec.context_len}
+        warnings.warn(
+            "train config names no text_encoder and the embedding cache does not record one; "
+            f"the exported model assumes {text_encoder}",
+            stacklevel=2,
+        )
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        ema_unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        vae_dir = Path(cfg.vae)
+        if not (vae_dir / "config.json").is_file() and (vae_dir / "vae" / "config.json").is_file():
+            vae_dir = vae_dir / "vae"  # an SD pipeline folder: take its autoencoder only
+        shutil.copytree(vae_dir, tmp / "vae", ignore=shutil.ignore_patterns(".*"))
+        hints.scheduler.save_pretrained(tmp / "scheduler")
+        atomic_write_json(
+            tmp / "ldmscale_model.json",
+            {
+                "format": MODEL_FORMAT,
+                "unet_spec": spec.to_dict(),
+                "text_encoder": text_encoder,
+                "prediction_type": cfg.prediction_type,
+                "scaling_factor": cond.scaling_factor,
+                "norm_cost": costs["norm_cost"],
+                "gflops_xla": costs["gflops_xla"],
+                "gflops_dense": costs["gflops_dense"],
+                "train_steps": cfg.steps,
+                **training_state_keys(cfg, step, costs["norm_cost"]),
+                **({"sampler_hint": hints.sampler_hint} if hints.sampler_hint else {}),
+                "train_config": cfg.to_dict(),
+                "code_version": code_version(),
+            },
+        )
+    return out
+
+
+def restore_past_evals(
+    run_dir: Path,
+    steps: list[int],
+    cfg: TrainConfig,
+    spec: UNetSpec,
+    cond: Conditioning,
+    costs: dict[str, float],
+    hints: ExportHints | None = None,
+) -> None:
+    """On resume: re-export kept models of steps already trained whose folder is missing
+    (deleted by hand), from the checkpoint of that step when it still exists; else warn."""
+    for step in steps:
+        out = eval_dir(run_dir, step)
+        if export_is_complete(out):
+            continue
+        ck = run_dir / "checkpoints" / checkpoint_name(step)
+        try:
+            verify_checkpoint(ck)
+        except CheckpointError:
+            warnings.warn(
+                f"kept model {out} is missing and step {step} is behind the resume point with no "
+                f"checkpoint left to rebuild it from; rerun with --overwrite to regenerate it",
+                stacklevel=3,
+            )
+            continue
+        from diffusers import UNet2DConditionModel
+
+        ema_unet = UNet2DConditionModel.from_pretrained(ck / "unet_ema")
+        export_model(out, ema_unet, cfg, spec, cond, costs, train_step=step, hints=hints)
