@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 
 from ldmscale.family import UNetSpec, build_unet
-from ldmscale.objectives import build_objective
+from ldmscale.objectives import TextToImage, make_noise_scheduler
 from ldmscale.train import EMA, TrainConfig, make_optimizer
 
 LEVERS = {
@@ -72,11 +72,12 @@ class Variant:
         cfg = TrainConfig(lr=1e-4, fused_adamw=lever == "fused")
         self.optimizer = make_optimizer(cfg, self.unet.parameters())
         self.ema = None if lever == "no_ema" else EMA(self.unet, 0.999)
-        self.objective = build_objective(
-            "t2i",
+        prediction_type = "v_prediction" if lever == "tiny_preset" else "epsilon"
+        self.objective = TextToImage(
+            make_noise_scheduler(prediction_type),
             null_embedding=torch.zeros(1, 24, 384),
             scaling_factor=1.0,
-            prediction_type="v_prediction" if lever == "tiny_preset" else "epsilon",
+            prediction_type=prediction_type,
             caption_dropout=0.1,
             min_snr_gamma=5.0 if lever == "tiny_preset" else 0.0,
         )

@@ -130,3 +130,32 @@ def test_bad_cache_files(tmp_path):
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(CacheError, match="rebuild"):
         load_embedding_cache(bad)
+
+
+def test_load_conditioning_checks_both_caches(tmp_path):
+    from safetensors.torch import save_file
+
+    from ldmscale.cache import load_conditioning, resolve_cache_paths
+    from ldmscale.config import ConfigError
+
+    lat, emb = tmp_path / "lat.safetensors", tmp_path / "emb.safetensors"
+    moments = {"latent_mean": torch.ones(3, 4, 8, 8), "latent_std": torch.zeros(3, 4, 8, 8)}
+    save_file(moments, str(lat), metadata={"scaling_factor": "0.5"})
+    save_file({"embeddings": torch.ones(3, 6, 16), "null_embedding": torch.zeros(1, 6, 16)},
+              str(emb), metadata={"encoder_spec": '{"kind": "minilm", "max_length": 6}'})  # fmt: skip
+    cond = load_conditioning(lat, emb)
+    assert cond.n == 3 and cond.scaling_factor == 0.5 and cond.text_encoder["max_length"] == 6
+    assert set(cond.rows) == {"latent_mean", "latent_std", "embeddings"}
+    save_file({"embeddings": torch.ones(2, 6, 16), "null_embedding": torch.zeros(1, 6, 16)},
+              str(emb))  # fmt: skip
+    with pytest.raises(CacheError, match=r"3 rows but embedding cache .* has 2"):
+        load_conditioning(lat, emb)
+    save_file(moments, str(lat))
+    with pytest.raises(CacheError, match="scaling_factor"):
+        load_conditioning(lat, emb)
+    kw = dict(data=None, vae=None, text_encoder=None, resolution=16, cache_dir=tmp_path)
+    assert resolve_cache_paths(latents=str(lat), embeddings=str(emb), **kw) == (lat, emb)
+    with pytest.raises(ConfigError, match="both 'latents' and 'embeddings'"):
+        resolve_cache_paths(latents=str(lat), embeddings=None, **kw)
+    with pytest.raises(ConfigError, match="no training data"):
+        resolve_cache_paths(latents=None, embeddings=None, **kw)

@@ -85,7 +85,7 @@ def test_meta_round_trip_and_keys(tmp_path):
     meta = minilm_meta(parent=ParentModel(path="/runs/base/model", hash="ab" * 16), task="sr")
     write_model_meta(tmp_path, meta)
     data = json.loads((tmp_path / MODEL_FILE).read_text())
-    assert set(data) == EXPORT_KEYS | {"task", "parent", "name"}
+    assert set(data) == EXPORT_KEYS | {"task", "parent", "name", "sampler_hint"}
     assert data["format"] == MODEL_FORMAT and data["task"] == "sr"
     assert data["parent"] == {"path": "/runs/base/model", "hash": "ab" * 16}
     assert data["text_encoder"] == {"kind": "minilm", "path": None, "max_length": MINILM_LEN}

@@ -12,10 +12,14 @@ name. Files are written atomically, so a file that exists is complete.
   ``null_embedding`` ``[1, T, D]`` (the encoding of "", for classifier-free guidance).
 
 Row ``i`` of both is record ``i`` of the dataset.
+
+The trainer reads them through :func:`resolve_cache_paths` (the files named in its config, or
+built here from a dataset folder) and :func:`load_conditioning` (both checked, in memory).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +32,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ldmscale.autoencoder import load_autoencoder, vae_fingerprint
-from ldmscale.data.dataset import stack_images
+from ldmscale.config import ConfigError
+from ldmscale.data.dataset import load_dataset, stack_images
 from ldmscale.io import atomic_path, hash_json
 from ldmscale.text import (
     TextEncoder,
@@ -246,3 +251,118 @@ def prepare_conditioning(
         vae_path=Path(vae_path),
         text_encoder=text_spec,
     )
+
+
+# ----------------------------------------------------------------------------- for the trainer
+
+
+@dataclass
+class Conditioning:
+    """The in-memory training data: per-row tensors and the constants the objective needs.
+
+    rows: ``latent_mean``, ``latent_std`` ``[N, C, h, w]`` and ``embeddings`` ``[N, T, D]``,
+        float32, row i = record i. null_embedding: ``[1, T, D]``, the encoding of "".
+    scaling_factor: multiply posterior samples by it. text_encoder: the encoder's spec as the
+        embedding cache records it (None when it does not).
+    """
+
+    rows: dict[str, torch.Tensor]
+    null_embedding: torch.Tensor
+    scaling_factor: float
+    text_encoder: dict[str, Any] | None = None
+
+    @property
+    def n(self) -> int:
+        return next(iter(self.rows.values())).shape[0]
+
+
+def _read_all(path: Path, what: str, fix: str) -> tuple[dict[str, torch.Tensor], dict]:
+    if not path.is_file():
+        raise CacheError(f"{what} not found: {path}. {fix}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:  # safetensors raises its own error types
+        raise CacheError(f"{what} {path} cannot be read ({e}). {fix}") from e
+    return tensors, meta
+
+
+def load_conditioning(latents: str | Path, embeddings: str | Path) -> Conditioning:
+    """Read and check the latent cache and the caption-embedding cache (row i = record i)."""
+    fix = "Rebuild the caches (ldmscale.cache) or fix the path in the train config."
+    lat, lat_meta = _read_all(Path(latents), "latent cache", fix)
+    emb, emb_meta = _read_all(Path(embeddings), "embedding cache", fix)
+    for key in ("latent_mean", "latent_std"):
+        if key not in lat or lat[key].ndim != 4:
+            raise CacheError(f"latent cache {latents}: needs a 4-d tensor '{key}' [N,C,h,w]. {fix}")
+    if lat["latent_mean"].shape != lat["latent_std"].shape:
+        raise CacheError(f"latent cache {latents}: latent_mean and latent_std shapes differ")
+    if "scaling_factor" not in lat_meta:
+        raise CacheError(f"latent cache {latents}: metadata lacks 'scaling_factor'. {fix}")
+    for key, nd in (("embeddings", 3), ("null_embedding", 3)):
+        if key not in emb or emb[key].ndim != nd:
+            raise CacheError(f"embedding cache {embeddings}: needs a 3-d tensor '{key}'. {fix}")
+    n_lat, n_emb = lat["latent_mean"].shape[0], emb["embeddings"].shape[0]
+    if n_lat != n_emb:
+        raise CacheError(
+            f"latent cache {latents} has {n_lat} rows but embedding cache {embeddings} has "
+            f"{n_emb}; both must come from the same dataset (row i = record i). {fix}"
+        )
+    if emb["null_embedding"].shape != (1, *emb["embeddings"].shape[1:]):
+        raise CacheError(
+            f"embedding cache {embeddings}: null_embedding must be [1,T,D] matching embeddings"
+        )
+    text_encoder = None
+    if "encoder_spec" in emb_meta:  # written by build_embedding_cache
+        try:
+            text_encoder = json.loads(emb_meta["encoder_spec"])
+        except json.JSONDecodeError:
+            text_encoder = None
+    return Conditioning(
+        rows={
+            "latent_mean": lat["latent_mean"].float().contiguous(),
+            "latent_std": lat["latent_std"].float().contiguous(),
+            "embeddings": emb["embeddings"].float().contiguous(),
+        },
+        null_embedding=emb["null_embedding"].float(),
+        scaling_factor=float(lat_meta["scaling_factor"]),
+        text_encoder=text_encoder,
+    )
+
+
+def resolve_cache_paths(
+    *,
+    latents: str | None,
+    embeddings: str | None,
+    data: str | None,
+    vae: str | None,
+    text_encoder: dict[str, Any] | None,
+    resolution: int,
+    cache_dir: str | Path,
+    progress: bool = True,
+) -> tuple[Path, Path]:
+    """The two cache files: given (``latents`` + ``embeddings``), or built (or reused) in
+    ``cache_dir`` from the dataset folder ``data`` with ``vae`` and ``text_encoder``
+    (``TextEncoderSpec`` fields) at ``resolution``. The arguments are the train config's keys."""
+    if latents and embeddings:
+        return Path(latents), Path(embeddings)
+    if latents or embeddings:
+        raise ConfigError(
+            "TrainConfig: give both 'latents' and 'embeddings' cache files, or neither "
+            "(and then 'data' + 'vae' + 'text_encoder' to build them)"
+        )
+    if not data:
+        raise ConfigError(
+            "TrainConfig: no training data; set 'latents' + 'embeddings' (cache files), or "
+            "'data' (a dataset folder) + 'vae' + 'text_encoder'"
+        )
+    if not vae:
+        raise ConfigError(
+            "TrainConfig: 'data' needs 'vae' (an AutoencoderKL folder) to encode images"
+        )
+    dataset = load_dataset(data, split="train", resolution=resolution)
+    prepared = prepare_conditioning(
+        dataset, vae, TextEncoderSpec.from_dict(text_encoder or {}), cache_dir, progress=progress
+    )
+    return Path(prepared.latents_path), Path(prepared.embeddings_path)

@@ -4,7 +4,9 @@ Every config in ldmscale is a frozen-free ``@dataclass`` that inherits
 :class:`Config`. ``to_dict``/``from_dict`` convert to plain JSON types (tuples
 become lists and back), ``save``/``load`` pick JSON or TOML from the suffix,
 and unknown keys are refused with a message naming them, so a typo in a config
-file is an error rather than a silently ignored setting.
+file is an error rather than a silently ignored setting. A field declared with
+:func:`omit_if_default` is left out of ``to_dict`` while it holds its default, so adding
+such a field leaves every existing config's dict, file and hash unchanged.
 """
 
 from __future__ import annotations
@@ -26,9 +28,34 @@ class ConfigError(ValueError):
     """A config value or file that cannot be used; the message says how to fix it."""
 
 
+OMIT_IF_DEFAULT = "ldmscale_omit_if_default"
+
+
+def omit_if_default(
+    default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING
+):
+    """A dataclass field that ``to_dict`` (and so ``save`` and any hash of it) leaves out while
+    it equals its default; ``from_dict`` fills the default back in."""
+    return dataclasses.field(
+        default=default, default_factory=default_factory, metadata={OMIT_IF_DEFAULT: True}
+    )
+
+
+def _omitted(f: dataclasses.Field, value: Any) -> bool:
+    if not f.metadata.get(OMIT_IF_DEFAULT):
+        return False
+    if f.default is not dataclasses.MISSING:
+        return value == f.default
+    return f.default_factory is not dataclasses.MISSING and value == f.default_factory()
+
+
 def _to_plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {
+            f.name: _to_plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not _omitted(f, getattr(value, f.name))
+        }
     if isinstance(value, tuple | list):
         return [_to_plain(v) for v in value]
     if isinstance(value, dict):

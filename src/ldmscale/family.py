@@ -10,10 +10,18 @@ channel width; SD uses 32 groups. Here ``norm_num_groups = gcd(c, 32)``, which i
 CPU widths (c=16 -> 16 groups, c=8 -> 8 groups). ``c`` must be a positive
 multiple of 8 so that the 8 attention heads divide every width.
 
+Optional overrides (all off by default, and then absent from ``UNetSpec.to_dict``, so every
+existing spec, its hash and Table 1 are unchanged): ``extra_in_channels`` (inputs concatenated
+to the latent, e.g. a low-resolution image for super-resolution), ``num_class_embeds`` (a class
+embedding added to the time embedding, e.g. a noise level), ``time_cond_proj_dim`` (a
+guidance-embedding projection, diffusers' ``timestep_cond``). An objective asks for them
+(``Objective.unet_overrides``); :mod:`ldmscale.surgery` grows a trained parent into them.
+
 Cost accounting (all counted from the model itself, on the meta device):
 ``count_params``, ``count_gflops`` (one UNet forward at batch 1: latent
-``latent_channels x latent_size x latent_size``, context ``context_len x
-context_dim``, one timestep; conventions ``dense`` and ``xla``, see
+``(latent_channels + extra_in_channels) x latent_size x latent_size``, context ``context_len x
+context_dim``, one timestep, a class label and a guidance embedding where the spec has them;
+conventions ``dense`` and ``xla``, see
 :mod:`ldmscale.flops`), ``normalized_cost`` (GFLOPs / GFLOPs of the same spec at
 the reference width, c=320 in the paper) and ``family_table``.
 """
@@ -25,11 +33,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ldmscale.config import Config, ConfigError
+from ldmscale.config import Config, ConfigError, omit_if_default
 
 PAPER_WIDTHS: tuple[int, ...] = (64, 96, 128, 160, 192, 224, 256, 288, 320, 512, 768)
 REFERENCE_WIDTH = 320
 SD_HEADS = 8
+#: The UNetSpec fields an objective may override (``Objective.unet_overrides``).
+OVERRIDE_FIELDS = ("extra_in_channels", "num_class_embeds", "time_cond_proj_dim")
 
 
 class PaperRow(NamedTuple):
@@ -69,6 +79,13 @@ class UNetSpec(Config):
     head_dim: when > 0, a fixed head *width* instead: each block gets ``width // head_dim``
         heads (at least 1). A choice for narrow CPU widths, where SD's 8 heads are 1-4
         channels wide; it changes no parameter count, so Table 1 stays exact.
+    extra_in_channels: channels concatenated to the latent at the input (``conv_in`` takes
+        ``latent_channels + extra_in_channels``; the output keeps ``latent_channels``). 0 = none.
+    num_class_embeds: size of a class embedding added to the time embedding (the UNet's
+        ``class_labels``). 0 = none.
+    time_cond_proj_dim: width of a guidance embedding projected into the time embedding (the
+        UNet's ``timestep_cond``). 0 = none.
+    The three overrides are left out of ``to_dict`` while 0.
     """
 
     c: int = 320
@@ -79,8 +96,16 @@ class UNetSpec(Config):
     layers_per_block: int = 2
     heads: int = SD_HEADS
     head_dim: int = 0
+    extra_in_channels: int = omit_if_default(0)
+    num_class_embeds: int = omit_if_default(0)
+    time_cond_proj_dim: int = omit_if_default(0)
 
     def __post_init__(self) -> None:
+        for name in OVERRIDE_FIELDS:
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    f"UNetSpec.{name} must be >= 0 (0 = off), got {getattr(self, name)}"
+                )
         if self.head_dim < 0:
             raise ConfigError(
                 f"UNetSpec.head_dim must be >= 0 (0 = fixed head count), got {self.head_dim}"
@@ -111,11 +136,16 @@ class UNetSpec(Config):
         return math.gcd(self.c, 32)
 
     def unet_config(self) -> dict:
-        """Keyword arguments for diffusers ``UNet2DConditionModel``."""
+        """Keyword arguments for diffusers ``UNet2DConditionModel`` (the overrides only when set)."""
         c = self.c
+        overrides = {}
+        if self.num_class_embeds:
+            overrides["num_class_embeds"] = self.num_class_embeds
+        if self.time_cond_proj_dim:
+            overrides["time_cond_proj_dim"] = self.time_cond_proj_dim
         return dict(
             sample_size=self.latent_size,
-            in_channels=self.latent_channels,
+            in_channels=self.latent_channels + self.extra_in_channels,
             out_channels=self.latent_channels,
             down_block_types=(
                 "CrossAttnDownBlock2D",
@@ -141,6 +171,7 @@ class UNetSpec(Config):
             downsample_padding=1,
             mid_block_scale_factor=1,
             center_input_sample=False,
+            **overrides,
         )
 
 
@@ -167,15 +198,21 @@ def build_unet(spec: UNetSpec, device: str = "cpu"):
 
 
 def unet_inputs(spec: UNetSpec, device: str = "meta", batch: int = 1) -> tuple[tuple, dict]:
-    """``(args, kwargs)`` for one UNet forward: latent, one timestep per item, text context."""
+    """``(args, kwargs)`` for one UNet forward: latent (with the extra input channels), one
+    timestep per item, text context, and ``class_labels`` / ``timestep_cond`` when the spec
+    has a class embedding / a guidance projection."""
     import torch
 
-    sample = torch.zeros(
-        batch, spec.latent_channels, spec.latent_size, spec.latent_size, device=device
-    )
+    channels = spec.latent_channels + spec.extra_in_channels
+    sample = torch.zeros(batch, channels, spec.latent_size, spec.latent_size, device=device)
     timestep = torch.full((batch,), 500, dtype=torch.long, device=device)
     context = torch.zeros(batch, spec.context_len, spec.context_dim, device=device)
-    return (sample, timestep), {"encoder_hidden_states": context}
+    kwargs: dict[str, Any] = {"encoder_hidden_states": context}
+    if spec.num_class_embeds:
+        kwargs["class_labels"] = torch.zeros(batch, dtype=torch.long, device=device)
+    if spec.time_cond_proj_dim:
+        kwargs["timestep_cond"] = torch.zeros(batch, spec.time_cond_proj_dim, device=device)
+    return (sample, timestep), kwargs
 
 
 _COUNT_CACHE: dict[tuple[str, str], Any] = {}
@@ -235,6 +272,16 @@ def normalized_cost(
     head layout (8 heads: the paper's reference model at this latent and context)."""
     reference = spec.replace(c=reference_c, head_dim=0, heads=SD_HEADS)
     return count_gflops(spec, convention) / count_gflops(reference, convention)
+
+
+def model_costs(spec: UNetSpec) -> dict[str, float]:
+    """``norm_cost`` (vs the same spec at c=320, xla convention), ``gflops_xla``,
+    ``gflops_dense``: one UNet forward at batch 1 (what an exported model records)."""
+    return {
+        "norm_cost": float(normalized_cost(spec)),
+        "gflops_xla": float(count_gflops(spec, convention="xla")),
+        "gflops_dense": float(count_gflops(spec, convention="dense")),
+    }
 
 
 def round_params(n: int) -> str:

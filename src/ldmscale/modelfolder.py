@@ -80,6 +80,8 @@ class ModelMeta(Config):
         ``norm_cost x train_step``; images_seen: ``train_step x batch_size``; seed, run: the
         run's seed and folder name. All None in folders written before they were recorded.
     name: a display name overriding the folder-derived one (see :func:`model_name`).
+    sampler_hint: how the model is meant to be sampled when its objective says so (e.g.
+        ``{"name": "ddim"}``); None for text-to-image.
     train_config: the ``TrainConfig`` as a dict. code_version: what wrote the folder.
 
     A later task's settings (super-resolution, guidance embedding, sampler hint) are added
@@ -104,6 +106,7 @@ class ModelMeta(Config):
     seed: int | None = None
     run: str | None = None
     name: str | None = None
+    sampler_hint: dict[str, Any] | None = None
     train_config: dict[str, Any] = field(default_factory=dict)
     code_version: str | None = None
 

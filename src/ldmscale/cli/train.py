@@ -2,6 +2,9 @@
 
 Rerunning the same command resumes from the newest complete checkpoint. Runs
 multi-process unchanged under ``accelerate launch`` or ``torchrun`` (see docs/train.md).
+``--init-from MODEL_DIR`` starts from a trained model's EMA weights, ``--teacher MODEL_DIR``
+hands a trained model to the objective; the objective's own options are the config file's
+``[objective_options]`` table.
 """
 
 from __future__ import annotations
@@ -22,9 +25,18 @@ OVERRIDES: dict[str, tuple[str, type]] = {
     "--vae": ("vae", str),
     "--latents": ("latents", str),
     "--embeddings": ("embeddings", str),
+    "--objective": ("objective", str),
+    "--init-from": ("init_from", str),
+    "--teacher": ("teacher", str),
     "--mixed-precision": ("mixed_precision", str),
     "--checkpoint-every": ("checkpoint_every", int),
     "--log-every": ("log_every", int),
+}
+# Help beyond "override <field>" for the flags that need it.
+HELP = {
+    "objective": "the objective (a key of ldmscale.objectives.OBJECTIVES; default t2i)",
+    "init_from": "start from this trained model folder's EMA UNet (e.g. runs/c64/model)",
+    "teacher": "a trained model folder handed to the objective (e.g. a distillation teacher)",
 }
 
 
@@ -34,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a UNet family member on cached latents + text embeddings (resumable)",
         description=(
             "Train (or resume) one width-scaled UNet on the latent and caption-embedding caches. "
-            "Flags override the config file's values. Rerun the same command to resume."
+            "Flags override the config file's values; the objective's own options are the "
+            "file's [objective_options] table. Rerun the same command to resume."
         ),
     )
     p.add_argument("--config", type=Path, help="TrainConfig as .toml or .json")
@@ -45,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             metavar=name.upper(),
             type=tp,
             default=None,
-            help=f"override {name}",
+            help=HELP.get(name, f"override {name}"),
         )
     p.add_argument(
         "--overwrite",
