@@ -111,7 +111,9 @@ def test_reconstruct_identity_is_exact_and_uses_the_mean(tiny_shapes):
 
 
 def test_floors_keys_n_and_a_broken_vae_is_worse(sweep_cfg, random_vae_dir):
-    floors = compute_floors(sweep_cfg, random_vae_dir, progress=False)
+    # split="train": the fixture's 100-step probe reads only the train images it was fit on
+    # (unseen re-renders score near chance), and this test needs a probe that reads its images.
+    floors = compute_floors(sweep_cfg, random_vae_dir, split="train", progress=False)
     assert set(floors) == {"fd_probe", "alignment", "meta"}
     meta = floors["meta"]
     for k in ("n", "split", "vae", "vae_hash", "psnr_db", "protocol_hash", "code_version"):
@@ -133,28 +135,91 @@ def test_floors_keys_n_and_a_broken_vae_is_worse(sweep_cfg, random_vae_dir):
 
 def test_identity_autoencoder_floor_equals_the_real_floor(sweep_cfg, monkeypatch, tmp_path):
     _use_fake_vae(monkeypatch, FakeVAE(1.0))
-    floors = compute_floors(sweep_cfg, tmp_path, progress=False)  # the folder only has to exist
+    # the folder only has to exist; split="train": images the fixture's small probe reads
+    floors = compute_floors(sweep_cfg, tmp_path, split="train", progress=False)
     for name in ("fd_probe", "alignment"):
         assert floors[name]["reconstruction"] == floors[name]["real"]
     # A decoder that washes the colours out (halves the contrast) loses what captions name.
     _use_fake_vae(monkeypatch, FakeVAE(0.5))
-    dim = compute_floors(sweep_cfg, tmp_path, progress=False)
+    dim = compute_floors(sweep_cfg, tmp_path, split="train", progress=False)
     assert dim["fd_probe"]["real"] == floors["fd_probe"]["real"]
     assert dim["alignment"]["reconstruction"]["hi"] < floors["alignment"]["real"]["lo"]
 
 
 def test_real_floor_matches_a_cell_scored_on_the_same_images(sweep_cfg, random_vae_dir):
-    """The real floor is what score_rows gives a cell of those images (same protocol, seed)."""
+    """The real floor is what score_rows gives a cell of those images (same protocol, seed):
+    by default (shapes data) fresh renders of the cells' own prompts; with split="train" the
+    train images with their own captions."""
     from ldmscale.data import load_dataset
+    from ldmscale.data.shapes import rerender
     from ldmscale.sweep import load_prompts, metric_protocol, metric_rows, score_rows
 
+    prompts, source = load_prompts(sweep_cfg)
+    protocol = metric_protocol(sweep_cfg, source)
+    val = load_dataset(sweep_cfg.dataset, split="validation", resolution=16)
+    m = len(val)
+    assert m < N and [val.captions[i % m] for i in range(N)] == list(prompts)  # cycled prompts
+    fresh = np.stack(
+        [
+            np.asarray(rerender(val.attributes[i % m], 16, fl._rng(sweep_cfg.seed0, i)))
+            for i in range(N)
+        ]
+    )
+    own = val.images_uint8([i % m for i in range(N)])
+    assert fresh.shape == own.shape and not np.array_equal(fresh, own)  # new placements
+    assert not np.array_equal(fresh[:m], fresh[m : 2 * m])  # a cycled prompt is drawn anew
     floors = compute_floors(sweep_cfg, random_vae_dir, progress=False)
-    ds = load_dataset(sweep_cfg.dataset, split="train", resolution=16)
-    protocol = metric_protocol(sweep_cfg, load_prompts(sweep_cfg)[1])
-    rows, _ = metric_rows(ds.images_uint8(list(range(N))), list(ds.captions[:N]), protocol)
+    rows, _ = metric_rows(fresh, list(prompts), protocol)
     expected = score_rows(rows, protocol, seed=sweep_cfg.seed0)
     for name in ("fd_probe", "alignment"):
         assert floors[name]["real"] == pytest.approx(expected[name])
+    assert "fresh renders" in floors["meta"]["images"]
+
+    train = compute_floors(sweep_cfg, random_vae_dir, split="train", progress=False)
+    ds = load_dataset(sweep_cfg.dataset, split="train", resolution=16)
+    rows, _ = metric_rows(ds.images_uint8(list(range(N))), list(ds.captions[:N]), protocol)
+    expected = score_rows(rows, protocol, seed=sweep_cfg.seed0)
+    for name in ("fd_probe", "alignment"):
+        assert train[name]["real"] == pytest.approx(expected[name])
+    assert train["meta"]["split"] == "train" and "own captions" in train["meta"]["images"]
+
+
+def test_rerendered_images_keep_every_object_and_move_them(tiny_shapes):
+    """rerender draws the same objects (shape, colour, size, quadrant) at new places."""
+    from ldmscale.data import load_dataset
+    from ldmscale.data.shapes import place, rerender
+
+    val = load_dataset(tiny_shapes, split="validation", resolution=16)
+    a = val.attributes[0]
+    img0 = np.asarray(rerender(a, 16, np.random.default_rng(0)))
+    img1 = np.asarray(rerender(a, 16, np.random.default_rng(1)))
+    assert not np.array_equal(img0, img1)
+    assert np.array_equal(img0, np.asarray(rerender(a, 16, np.random.default_rng(0))))
+    for o in a["objects"]:  # a new box stays in the object's quadrant and keeps its size
+        box = place(o["size"], o["position"], 16, np.random.default_rng(5))
+        assert box[2] - box[0] == pytest.approx(o["bbox"][2] - o["bbox"][0], abs=0.02)
+        right, bottom = o["position"].endswith("right"), o["position"].startswith("bottom")
+        assert (box[0] >= 8) == right and (box[1] >= 8) == bottom
+
+
+def test_floors_of_data_without_attributes_use_the_reference_images(tmp_path, random_vae_dir):
+    from conftest import write_plain_folder
+    from ldmscale.data import load_dataset
+
+    data = write_plain_folder(tmp_path / "plain", n_train=8, n_val=12, size=16)
+    cfg = SweepConfig(
+        dataset=str(data), resolution=16, n_images=8, metrics=("fd_effnet",), bootstrap=10
+    )
+    floors = compute_floors(cfg, random_vae_dir, progress=False)
+    assert floors["meta"]["split"] == "validation"
+    assert "part of the reference" in floors["meta"]["images"]
+    assert floors["fd_effnet"]["real"]["n"] == 8
+    val = load_dataset(data, split="validation", resolution=16)
+    assert floors["meta"]["images_fingerprint"] == val.fingerprint()
+    with pytest.raises(FloorsError, match="needs the shapes dataset"):
+        compute_floors(cfg, random_vae_dir, split="rerender", progress=False)
+    with pytest.raises(FloorsError, match="lower --n-images to 12"):
+        compute_floors(cfg.replace(n_images=20), random_vae_dir, progress=False)
 
 
 def test_resume_rule(sweep_cfg, random_vae_dir, tmp_path, monkeypatch):
@@ -250,10 +315,8 @@ def test_write_read_round_trip_and_damaged_files(tmp_path):
 def test_bad_inputs_give_clear_errors(sweep_cfg, random_vae_dir, tmp_path):
     with pytest.raises(FloorsError, match="ldmscale autoencoder train --data"):
         compute_floors(sweep_cfg, tmp_path / "no_such_vae", progress=False)
-    with pytest.raises(FloorsError, match="must not be the reference images"):
-        compute_floors(sweep_cfg, random_vae_dir, split="validation", progress=False)
     with pytest.raises(FloorsError, match="fewer than the N=100"):
-        compute_floors(sweep_cfg, random_vae_dir, n_images=100, progress=False)
+        compute_floors(sweep_cfg, random_vae_dir, n_images=100, split="train", progress=False)
     with pytest.raises(FloorsError, match="need a dataset"):
         compute_floors(SweepConfig(prompts=("a",)), random_vae_dir, progress=False)
 

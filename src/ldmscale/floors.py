@@ -3,23 +3,31 @@
 Two floors per metric, both scored exactly like a sweep cell (the sweep's metric protocol and
 reference, the same number of images N, the same bootstrap CIs with the cells' seed):
 
-- ``real``: N real held-out images (the first N of the ``train`` split, in file order, with
-  their own captions). The reference is the sweep's ``split`` (validation), so the two sets
-  are disjoint; this is the value a perfect generator would get at this N (Fréchet distances
-  are biased upwards at small N, so this floor is not 0).
+- ``real``: N real images that a perfect generator could have drawn for the cells' prompts.
+  Which images (``split``, default ``"auto"``):
+
+  - ``"rerender"`` (auto for the shapes dataset): for each of the cells' N prompts (the first
+    N reference captions), a fresh image of the same objects placed anew by the generator
+    (:func:`ldmscale.data.shapes.rerender`): an exact draw from p(image | caption), unseen by
+    the probe and disjoint from the reference. The floor a perfect generator gets.
+  - the reference split's name (auto for other data): the reference's own first N images,
+    i.e. the images of the cells' prompts. They are part of the reference, so this floor is
+    somewhat optimistic (lower Fréchet distances than an independent draw).
+  - another split (e.g. ``"train"``): its first N images with their **own** captions. Not
+    paired with the cells' prompts, so on data with few, discrete attributes it is far too
+    pessimistic (the trend study's shapes data: FD-probe 192 against 72-74 for re-renders of
+    the cells' prompts, at N = 256 of a 512-image reference).
+
+  Fréchet distances are biased upwards at small N, so no floor is 0.
 - ``reconstruction``: the same N images encoded with the autoencoder's posterior mean,
   decoded, clamped to [-1, 1] and rounded to uint8 as the sampler does. No diffusion model in
   that latent space can draw better than its decoder, so this bounds every cell from below
   (above, for higher-is-better metrics such as ``alignment``).
 
-Caveat for the shapes probe (``fd_probe``, ``alignment``): the probe is trained on the whole
-train split, so the ``real`` floor is measured on images the probe has seen. Its held-out
-accuracy on the validation split is copied into ``meta["probe_validation"]`` to show how much
-that can matter.
-
 Files: ``floors.json`` = ``{"<metric>": {"real": {"value","lo","hi","n"}, "reconstruction":
 {...}}, "meta": {...}}``, written atomically. :func:`ensure_floors` recomputes only when what
-the floors depend on (protocol hash, N, split and its content, autoencoder weights) changed.
+the floors depend on (protocol hash, N, the floor images and their content, autoencoder
+weights) changed.
 """
 
 from __future__ import annotations
@@ -41,6 +49,10 @@ if TYPE_CHECKING:
 
 FLOORS_FORMAT = "ldmscale-floors/1"
 KINDS = ("real", "reconstruction")
+#: ``split`` values that are not a split name (see the module docstring).
+AUTO, RERENDER = "auto", "rerender"
+#: Bumped when :func:`ldmscale.data.shapes.rerender` or its seeding changes (stale floors).
+RERENDER_VERSION = "rerender/1"
 #: Meta fields whose change makes stored floors stale (see :func:`floors_key`).
 KEY_FIELDS = ("protocol_hash", "n", "split", "images_fingerprint", "vae_hash")
 
@@ -146,20 +158,41 @@ def _resolve(
     n = int(sweep_cfg.n_images if n_images is None else n_images)
     if n < 2:
         raise FloorsError(f"floors need at least 2 images (for a CI), got n_images={n}")
-    split = canonical_split(split)
-    if split == canonical_split(sweep_cfg.split):
-        raise FloorsError(
-            f"the floor images must not be the reference images: split={split!r} is the sweep's "
-            "reference split; use split='train' (held-out images the models never sample)"
-        )
     _, source = load_prompts(sweep_cfg)
     protocol = metric_protocol(sweep_cfg, source)
-    ds = load_dataset(
-        sweep_cfg.dataset, split=split, resolution=sweep_cfg.resolution, progress=progress
+    ref_split = canonical_split(sweep_cfg.split)
+    ref = load_dataset(
+        sweep_cfg.dataset, split=ref_split, resolution=sweep_cfg.resolution, progress=progress
     )
-    if len(ds) < n:
+    shapes = bool(ref.attributes) and all(
+        isinstance(a, dict) and a.get("objects") for a in ref.attributes
+    )
+    mode = split if split in (AUTO, RERENDER) else canonical_split(split)
+    if mode == AUTO:
+        mode = RERENDER if shapes else ref_split
+    if mode == RERENDER and not shapes:
         raise FloorsError(
-            f"the {split} split of {sweep_cfg.dataset} has {len(ds)} images, fewer than the "
+            f"split='rerender' needs the shapes dataset (objects in every example's attributes); "
+            f"{sweep_cfg.dataset} has none. Use split='auto' (the reference's own images)"
+        )
+    if mode in (RERENDER, ref_split):
+        ds, fingerprint = ref, ref.fingerprint()
+        if mode == RERENDER:
+            fingerprint = hash_json([fingerprint, RERENDER_VERSION, int(sweep_cfg.seed0)], 16)
+        if mode != RERENDER and len(ref.captions) < n:  # fresh renders never repeat
+            raise FloorsError(
+                f"the cells' {n} prompts cycle over only {len(ref.captions)} {ref_split} "
+                "captions; a floor would repeat images (biasing the Fréchet distances): lower "
+                f"--n-images to {len(ref.captions)} or use a larger {ref_split} split"
+            )
+    else:
+        ds = load_dataset(
+            sweep_cfg.dataset, split=mode, resolution=sweep_cfg.resolution, progress=progress
+        )
+        fingerprint = ds.fingerprint()
+    if mode != RERENDER and len(ds) < n:
+        raise FloorsError(
+            f"the {mode} split of {sweep_cfg.dataset} has {len(ds)} images, fewer than the "
             f"N={n} of the cells; generate a larger dataset or lower --n-images (repeating "
             "images would bias the Fréchet distances)"
         )
@@ -173,22 +206,22 @@ def _resolve(
     return {
         "protocol": protocol,
         "n": n,
-        "split": split,
+        "split": mode,
         "dataset": ds,
         "vae": vae,
         "vae_path": str(path.resolve()),
         "key": {
             "protocol_hash": hash_json(protocol, length=24),
             "n": n,
-            "split": split,
-            "images_fingerprint": ds.fingerprint(),
+            "split": mode,
+            "images_fingerprint": fingerprint,
             "vae_hash": vae_fingerprint(vae),
         },
     }
 
 
 def floors_key(
-    sweep_cfg: SweepConfig, vae_dir: str | Path, n_images: int | None = None, split: str = "train"
+    sweep_cfg: SweepConfig, vae_dir: str | Path, n_images: int | None = None, split: str = AUTO
 ) -> dict[str, Any]:
     """The meta fields (:data:`KEY_FIELDS`) that stored floors must match to be reused:
     the metric protocol's hash (as in the cells' ids), N, the floor split and its content
@@ -205,27 +238,44 @@ def compute_floors(
     sweep_cfg: SweepConfig,
     vae_dir: str | Path,
     n_images: int | None = None,
-    split: str = "train",
+    split: str = AUTO,
     progress: bool = True,
     batch_size: int = 64,
 ) -> dict[str, Any]:
     """The real-image and reconstruction floors of every metric of ``sweep_cfg`` (a
     :class:`~ldmscale.sweep.SweepConfig`).
 
-    Uses the first ``n_images`` images of ``split`` (default: the cells' N) with their own
-    captions, the autoencoder in ``vae_dir``, and the sweep's protocol and reference.
+    Uses ``n_images`` real images (default: the cells' N) chosen by ``split`` (see the module
+    docstring: ``"auto"``, ``"rerender"`` or a split name), the autoencoder in ``vae_dir``,
+    and the sweep's protocol and reference.
     Returns ``{"<metric>": {"real": {"value","lo","hi","n"}, "reconstruction": {...}},
     "meta": {"n", "split", "vae", "vae_hash", "psnr_db", "protocol_hash", "code_version",
     ...}}`` (``psnr_db``: mean per-image reconstruction PSNR of the N images).
     """
+    from ldmscale.data.folder import canonical_split
     from ldmscale.sweep import prepare_metrics
 
     t0 = time.perf_counter()
     r = _resolve(sweep_cfg, vae_dir, n_images, split, progress)
     protocol, n, ds = r["protocol"], r["n"], r["dataset"]
     prepare_metrics(protocol, progress)
-    real = ds.images_uint8(list(range(n)))
-    captions = list(ds.captions[:n])
+    if r["split"] == RERENDER:  # the cells' prompts, cycled as the sweep cycles them
+        from ldmscale.data.shapes import rerender
+
+        seed = int(sweep_cfg.seed0)
+        m = len(ds)
+        captions = [ds.captions[i % m] for i in range(n)]
+        res = int(sweep_cfg.resolution)
+        real = np.stack(
+            [np.asarray(rerender(ds.attributes[i % m], res, _rng(seed, i))) for i in range(n)]
+        ).astype(np.uint8)
+        what = f"fresh renders of the cells' {n} prompts (their objects placed anew)"
+    else:
+        captions = list(ds.captions[:n])
+        real = ds.images_uint8(list(range(n)))
+        what = f"first {n} of the {r['split']} split, in file order, with their own captions"
+        if r["split"] == canonical_split(sweep_cfg.split):
+            what += " (the cells' prompts; these images are part of the reference)"
     recon, psnr_db = reconstruct(r["vae"], real, batch_size)
     seed = int(sweep_cfg.seed0)
     scores = {kind: score_images(imgs, captions, protocol, seed) for kind, imgs in
@@ -239,7 +289,7 @@ def compute_floors(
         "dataset": str(sweep_cfg.dataset),
         "reference_split": protocol["reference"]["split"],
         "resolution": int(sweep_cfg.resolution),
-        "images": f"first {n} of the {r['split']} split, in file order, with their own captions",
+        "images": what,
         "vae": r["vae_path"],
         "psnr_db": psnr_db,
         "metrics": list(protocol["metrics"]),
@@ -251,6 +301,11 @@ def compute_floors(
         "wall_s": round(time.perf_counter() - t0, 2),
     }
     return out
+
+
+def _rng(seed: int, index: int) -> np.random.Generator:
+    """The placement generator of re-rendered image ``index`` (independent of the dataset's)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, 0x7F100, index]))
 
 
 def _probe_validation(protocol: dict[str, Any]) -> dict[str, float] | None:
@@ -316,7 +371,7 @@ def ensure_floors(
     sweep_cfg: SweepConfig,
     vae_dir: str | Path,
     n_images: int | None = None,
-    split: str = "train",
+    split: str = AUTO,
     progress: bool = True,
     force: bool = False,
     log: Callable[[str], None] | None = None,

@@ -1,7 +1,7 @@
 """``ldmscale floors``: the best values a sweep cell's metrics can take (real images and
 autoencoder reconstructions), scored like the cells.
 
-    ldmscale floors --config sweep.toml --vae <autoencoder dir> [--n-images N] [--split train]
+    ldmscale floors --config sweep.toml --vae <autoencoder dir> [--n-images N] [--split auto]
                     [--dataset DIR] [--metrics a,b] --out floors.json [--force]
 
 Rerunning reuses ``--out`` unless the protocol, N, images or autoencoder changed.
@@ -24,7 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vae", required=True, help="autoencoder folder (AutoencoderKL or SD folder)")
     p.add_argument("--out", required=True, help="floors JSON file (written atomically)")
     p.add_argument("--n-images", type=int, help="images per floor (default: the sweep's N)")
-    p.add_argument("--split", default="train", help="split of the real images (default train)")
+    p.add_argument(
+        "--split",
+        default="auto",
+        help="the real images: 'rerender' (shapes data: fresh renders of the cells' prompts), "
+        "the reference split (its own images of the cells' prompts), another split (its images "
+        "with their own captions: not paired with the cells' prompts); default auto = rerender "
+        "for shapes data, else the reference split",
+    )
     p.add_argument("--dataset", help="override the sweep config's dataset")
     p.add_argument("--metrics", help="override the sweep config's metrics, comma-separated")
     p.add_argument("--force", action="store_true", help="recompute even if --out is up to date")

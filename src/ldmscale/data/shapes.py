@@ -83,31 +83,51 @@ def sample_objects(
     n = 1 + int(rng.integers(2))
     n = min(n, max_objects)
     positions = rng.choice(len(VOCAB["position"]), size=n, replace=False)
-    cell = resolution / 2
     objects = []
     for p in positions:
         position = VOCAB["position"][int(p)]
         shape = VOCAB["shape"][int(rng.integers(len(VOCAB["shape"])))]
         color = VOCAB["color"][int(rng.integers(len(VOCAB["color"])))]
         size = VOCAB["size"][int(rng.integers(len(VOCAB["size"])))]
-        side = SIZE_FRACTION[size] * cell
-        slack = max(0.0, (cell - side) / 2 - MARGIN_FRACTION * cell)
-        jx, jy = rng.uniform(-slack, slack, size=2)
-        col = 1 if position.endswith("right") else 0
-        row = 1 if position.startswith("bottom") else 0
-        cx = (col + 0.5) * cell + jx
-        cy = (row + 0.5) * cell + jy
-        bbox = [cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]
         objects.append(
             {
                 "shape": shape,
                 "color": color,
                 "size": size,
                 "position": position,
-                "bbox": [round(float(v), 2) for v in bbox],
+                "bbox": place(size, position, resolution, rng),
             }
         )
     return objects
+
+
+def place(size: str, position: str, resolution: int, rng: np.random.Generator) -> list[float]:
+    """A random pixel box ``[x0, y0, x1, y1]`` for an object of ``size`` in the quadrant
+    ``position``: centred in it, jittered uniformly within its free margin (two draws)."""
+    cell = resolution / 2
+    side = SIZE_FRACTION[size] * cell
+    slack = max(0.0, (cell - side) / 2 - MARGIN_FRACTION * cell)
+    jx, jy = rng.uniform(-slack, slack, size=2)
+    col = 1 if position.endswith("right") else 0
+    row = 1 if position.startswith("bottom") else 0
+    cx = (col + 0.5) * cell + jx
+    cy = (row + 0.5) * cell + jy
+    return [
+        round(float(v), 2) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+    ]
+
+
+def rerender(attributes: dict[str, Any], resolution: int, rng: np.random.Generator) -> Image.Image:
+    """A fresh image of the same caption: the objects of ``attributes`` (an example's
+    attributes) with the same shape, colour, size and quadrant, placed anew with ``rng``.
+
+    This is a draw from the data's p(image | caption), the image a perfect generator could
+    draw for that caption; floors use it (see :mod:`ldmscale.floors`)."""
+    objects = [
+        {**o, "bbox": place(o["size"], o["position"], resolution, rng)}
+        for o in attributes["objects"]
+    ]
+    return render(objects, resolution)
 
 
 def caption_for(objects: list[dict[str, Any]]) -> str:
