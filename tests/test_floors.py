@@ -1,4 +1,4 @@
-"""Floors: real held-out images and autoencoder reconstructions, scored like sweep cells."""
+"""Floors: real images of the cells' prompts and autoencoder reconstructions, scored like sweep cells."""
 
 from __future__ import annotations
 

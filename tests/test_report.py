@@ -341,7 +341,8 @@ def test_report_protocol_pieces(tmp_path):
     # Table 1's quality row at DDIM 50 steps; floors as table rows.
     assert "DDIM, 50 steps, guidance 3" in page and "floor: real" in page
     assert (
-        "real held-out images" in page and "autoencoder reconstructions: 0.9 [0.86, 0.93]" in page
+        "real images of the cells" in page
+        and "autoencoder reconstructions: 0.9 [0.86, 0.93]" in page
     )
     # Paired verdicts: the per-sampler equal-cost tables and the budget verdicts.
     assert "<h3>DDIM</h3>" in page and "<h3>DDPM</h3>" in page

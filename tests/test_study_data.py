@@ -78,7 +78,7 @@ def test_metrics_are_chosen_for_the_data(plain, tiny_shapes, tiny_clip_model_dir
         check_study_metrics(cfg.replace(data=str(plain)))
 
 
-def test_study_data_needs_both_splits_and_enough_train_images(plain, tmp_path):
+def test_study_data_needs_both_splits_and_enough_validation_images(plain, tmp_path):
     flat = tmp_path / "flat"
     flat.mkdir()
     (flat / "000.png").write_bytes((plain / "train" / "000.png").read_bytes())
@@ -99,7 +99,7 @@ def test_cli_refuses_unsupported_metrics_before_anything_runs(plain, tmp_path, c
     assert main(argv) == 2
     assert "alignment" in capsys.readouterr().err
     assert not out.exists()  # nothing was written, let alone trained
-    # the tiny preset scores 64 images per cell: more than this folder's 32 train images
+    # the tiny preset scores 64 images per cell: more than this folder's validation images
     assert main(["study", "--data", str(plain), "--out", str(out)]) == 2
     assert "fewer than the sweep's n_images=64" in capsys.readouterr().err
 

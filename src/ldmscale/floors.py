@@ -152,7 +152,7 @@ def _resolve(
     if not sweep_cfg.dataset:
         raise FloorsError(
             "floors need a dataset: set `dataset` in the sweep config (its validation split is "
-            "the reference, its train split gives the real held-out images)"
+            "the reference and gives the prompts whose real images are the floor)"
         )
     path = _check_vae_dir(vae_dir, sweep_cfg.dataset)
     n = int(sweep_cfg.n_images if n_images is None else n_images)

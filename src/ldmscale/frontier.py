@@ -875,7 +875,7 @@ FLOOR_KINDS = ("real", "reconstruction")
 
 def load_floors(path: str | Path) -> dict[str, dict[str, dict[str, float]]]:
     """Read ``floors.json``: ``{metric: {"real": {"value", "lo", "hi", "n"},
-    "reconstruction": {...}}}`` (the best value a model could reach on real held-out images,
+    "reconstruction": {...}}}`` (the best value a model could reach: real images of the cells' prompts,
     and on autoencoder reconstructions, scored like the cells). Raises on a malformed file."""
     path = Path(path)
     if not path.is_file():

@@ -823,7 +823,7 @@ def floors_html(a: Analysis) -> str:
         [
             {
                 "floor": {
-                    "real": "real held-out images",
+                    "real": "real images of the cells' prompts",
                     "reconstruction": "autoencoder reconstructions",
                 }.get(k, k),
                 a.metric: _score_of(f),

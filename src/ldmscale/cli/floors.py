@@ -16,7 +16,7 @@ import json
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "floors",
-        help="metric floors: real held-out images and autoencoder reconstructions",
+        help="metric floors: real images of the cells' prompts and their autoencoder reconstructions",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -44,8 +44,8 @@ class StudyDataError(ConfigError):
 def check_study_data(cfg: StudyConfig) -> bool:
     """Whether the study's data carries shapes attributes, after checking it from its listings
     (no image decoded): ``cfg.data`` must be an image folder or a COCO root with a ``train``
-    and a ``validation`` split, and ``train`` must hold at least ``sweep.n_images`` pairs (the
-    floors score that many real held-out images). A ``DataError`` names the problem and the
+    and a ``validation`` split, and, for data without shapes attributes, ``validation`` must hold at
+    least ``sweep.n_images`` pairs (the prompts, and the images the real-image floor scores). A ``DataError`` names the problem and the
     fix. The generated ``shapes`` (``data`` None) always has the attributes."""
     if not cfg.data:
         return True
@@ -63,11 +63,11 @@ def check_study_data(cfg: StudyConfig) -> bool:
             "annotations/captions_train*.json and captions_val*.json (docs/data.md)"
         )
     n = cfg.sweep.n_images
-    if info.counts["train"] < n:
+    if not info.shapes_attributes and info.counts["validation"] < n:
         raise DataError(
-            f"{cfg.data}: the train split has {info.counts['train']} images, fewer than the "
-            f"sweep's n_images={n} (the floors score that many real held-out train images); "
-            "add images or lower sweep.n_images"
+            f"{cfg.data}: the validation split has {info.counts['validation']} images, fewer "
+            f"than the sweep's n_images={n} (the prompts would repeat, and the real-image floor "
+            "scores the validation images of the prompts); add images or lower sweep.n_images"
         )
     return info.shapes_attributes
 
