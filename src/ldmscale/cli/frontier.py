@@ -187,6 +187,8 @@ def _frontier(args: argparse.Namespace) -> int:
             "\nnote: some comparisons had no per-image rows and used CI overlap, a weaker test "
             "than the paired bootstrap"
         )
+        if source.errors:  # e.g. a relative reference path: run from the study's folder
+            print(f"  first reason: {source.errors[0]}")
     return 0
 
 
