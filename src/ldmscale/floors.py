@@ -136,30 +136,14 @@ def _check_vae_dir(vae_dir: str | Path, dataset: str | None) -> Path:
     return path
 
 
-def _resolve(
-    sweep_cfg: SweepConfig,
-    vae_dir: str | Path,
-    n_images: int | None,
-    split: str,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Everything the floors depend on: protocol, N, the floor images' split and the VAE."""
-    from ldmscale.autoencoder import load_autoencoder, vae_fingerprint
+def _floor_images(
+    sweep_cfg: SweepConfig, n: int, split: str, progress: bool
+) -> tuple[str, Any, str]:
+    """``(mode, dataset, fingerprint)`` of the real floor images: ``mode`` is ``"rerender"``,
+    the reference split or another split (``split="auto"`` resolved, see the module doc)."""
     from ldmscale.data import load_dataset
     from ldmscale.data.folder import canonical_split
-    from ldmscale.sweep import load_prompts, metric_protocol
 
-    if not sweep_cfg.dataset:
-        raise FloorsError(
-            "floors need a dataset: set `dataset` in the sweep config (its validation split is "
-            "the reference and gives the prompts whose real images are the floor)"
-        )
-    path = _check_vae_dir(vae_dir, sweep_cfg.dataset)
-    n = int(sweep_cfg.n_images if n_images is None else n_images)
-    if n < 2:
-        raise FloorsError(f"floors need at least 2 images (for a CI), got n_images={n}")
-    _, source = load_prompts(sweep_cfg)
-    protocol = metric_protocol(sweep_cfg, source)
     ref_split = canonical_split(sweep_cfg.split)
     ref = load_dataset(
         sweep_cfg.dataset, split=ref_split, resolution=sweep_cfg.resolution, progress=progress
@@ -196,6 +180,32 @@ def _resolve(
             f"N={n} of the cells; generate a larger dataset or lower --n-images (repeating "
             "images would bias the Fréchet distances)"
         )
+    return mode, ds, fingerprint
+
+
+def _resolve(
+    sweep_cfg: SweepConfig,
+    vae_dir: str | Path,
+    n_images: int | None,
+    split: str,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Everything the floors depend on: protocol, N, the floor images' split and the VAE."""
+    from ldmscale.autoencoder import load_autoencoder, vae_fingerprint
+    from ldmscale.sweep import load_prompts, metric_protocol
+
+    if not sweep_cfg.dataset:
+        raise FloorsError(
+            "floors need a dataset: set `dataset` in the sweep config (its validation split is "
+            "the reference and gives the prompts whose real images are the floor)"
+        )
+    path = _check_vae_dir(vae_dir, sweep_cfg.dataset)
+    n = int(sweep_cfg.n_images if n_images is None else n_images)
+    if n < 2:
+        raise FloorsError(f"floors need at least 2 images (for a CI), got n_images={n}")
+    _, source = load_prompts(sweep_cfg)
+    protocol = metric_protocol(sweep_cfg, source)
+    mode, ds, fingerprint = _floor_images(sweep_cfg, n, split, progress)
     vae = load_autoencoder(path)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if sweep_cfg.resolution % factor:
