@@ -41,6 +41,9 @@ class StudyConfig(Config):
       each final model is scored at (``checkpoints`` stage; the report's Fig. 3).
     primary_metric: the metric of the figures and the verdict (None: the most stored one).
     paper_table: include the paper-scale Table 1 (counted once, ~30 s) in the report.
+    train_workers: widths trained at once, each in its own process with one thread
+        (:mod:`ldmscale.study.workers`); 1 trains them one after another in this process.
+        Not a training input: the stage keys ignore it (the weights' last bits depend on it).
     """
 
     out_dir: str = "outputs/study"
@@ -64,10 +67,16 @@ class StudyConfig(Config):
     )
     primary_metric: str | None = None
     paper_table: bool = True
+    train_workers: int = 1
 
     def __post_init__(self) -> None:
         if not self.widths:
             raise ConfigError("StudyConfig.widths must name at least one base width")
+        if self.train_workers < 1:
+            raise ConfigError(
+                f"StudyConfig.train_workers must be >= 1 (1: widths one after another in this "
+                f"process), got {self.train_workers}"
+            )
         if len(set(self.widths)) != len(self.widths):
             raise ConfigError(f"StudyConfig.widths has duplicates: {list(self.widths)}")
         if self.resolution != self.autoencoder.resolution:

@@ -39,6 +39,28 @@ def preflight(cfg: StudyConfig, stages: list[Stage]) -> StageRecords:
     return records
 
 
+def _train_pending_in_workers(run: StudyRun, every: list[Stage], records: StageRecords) -> None:
+    """Train every width not yet trained at once, ``cfg.train_workers`` processes at a time
+    (:mod:`ldmscale.study.workers`); the loop then finds their stages done."""
+    from ldmscale.study.workers import train_in_workers
+
+    cfg = run.cfg
+    pending = [s for s in every if s.name == "train" and not s.is_done(run)]
+    if not pending:
+        return
+    for stage in pending:
+        records.record(stage, cfg)  # owned: recorded before its folder is written
+    widths = [int(s.unit[1:]) for s in pending]
+    run.log(
+        f"[study]   training c={', c='.join(map(str, sorted(widths, reverse=True)))} for "
+        f"{cfg.train.steps} steps, {min(cfg.train_workers, len(widths))} at a time (one "
+        "process and one thread each; logs in <run>/train.out)"
+    )
+    train_in_workers(
+        [cfg.train_config(c) for c in widths], cfg.train_workers, 1, run.progress, run.log
+    )
+
+
 def run_study(
     cfg: StudyConfig,
     stages: tuple[str, ...] = STAGES,
@@ -75,6 +97,8 @@ def run_study(
             if stage.name not in result.timings:
                 log(f"[study] {stage.name} ...")
             t0 = time.perf_counter()
+            if stage.name == "train" and cfg.train_workers > 1:
+                _train_pending_in_workers(run, every, records)
             if stage.is_done(run):
                 log(f"[study]   {stage.id}: complete, reused")
             else:
