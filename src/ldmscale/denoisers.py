@@ -14,6 +14,7 @@ UNet evaluations per image per step (the cost rule is :mod:`ldmscale.cost`).
   doubled batch, unconditional half first.
 * :func:`guidance_embedding_denoiser`: guidance given to the UNet as an embedding
   (``timestep_cond``, as guidance-distilled models take it): one forward, no doubling.
+* :func:`make_denoiser`: the one of the two a text-to-image UNet needs (its config says).
 """
 
 from __future__ import annotations
@@ -131,3 +132,20 @@ def guidance_embedding_denoiser(
     return UNetDenoiser(
         unet, context, timestep_cond=guidance_scale_embedding(w, dim, context.dtype)
     )
+
+
+def takes_guidance_embedding(unet: torch.nn.Module) -> bool:
+    """Whether ``unet`` takes guidance as ``timestep_cond`` (its ``time_cond_proj_dim`` is set)."""
+    return bool(getattr(unet.config, "time_cond_proj_dim", None))
+
+
+def make_denoiser(
+    unet: torch.nn.Module, context: torch.Tensor, uncond: torch.Tensor | None, guidance: float
+) -> Denoiser:
+    """The denoiser of a text-to-image UNet at guidance ``w``: the guidance embedding (one
+    forward per step) when the UNet takes one, else :class:`CFGDenoiser` (``uncond`` may be None
+    at ``w = 1``, or for an embedding UNet). ``evaluations_per_step`` follows
+    :func:`ldmscale.cost.evaluations_per_step`."""
+    if takes_guidance_embedding(unet):
+        return guidance_embedding_denoiser(unet, context, guidance)
+    return CFGDenoiser(unet, context, uncond, guidance)
