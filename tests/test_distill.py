@@ -208,6 +208,11 @@ def test_lcm_sampler_equals_the_diffusers_lcm_pipeline(lcm_folder):
         feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
+    w = torch.tensor([0.0, 0.5, 2.0, 14.0, 15.0])
+    for dim in (8, 9, 256):
+        assert torch.equal(
+            guidance_scale_embedding(w, dim), pipe.get_guidance_scale_embedding(w, dim)
+        )
     forwards: list[int] = []
     hook = model.unet.register_forward_pre_hook(lambda m, a: forwards.append(a[0].shape[0]))
     for steps, w in ((1, 3.0), (4, 3.0), (4, 1.0)):
@@ -342,3 +347,55 @@ def test_cli_distill(tmp_path, teacher, capsys):
     assert main([*argv, *out]) == 0
     assert (tmp_path / "d" / "model" / "ldmscale_model.json").is_file()
     assert main([*argv, "--solver", "target", "--no-progress"]) == 2  # guidance in a self-step
+
+
+@pytest.mark.slow
+def test_student_learns_the_teachers_ode_endpoint(tmp_path, caches, teacher):  # noqa: F811
+    """Seeded learning test: after distillation on the 10-point grid, the student's one-step
+    output from pure noise is closer to the teacher's ODE endpoint (its 10-step DDIM on that
+    grid, the chain the solver discretises) than the teacher's own one-step DDIM is, by a
+    paired bootstrap over 48 seeds."""
+    import numpy as np
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    from ldmscale.objectives.base import load_teacher
+    from ldmscale.paired import paired_difference
+
+    opts = {
+        "guidance_embedding": False, "w_min": 1.0, "w_max": 1.0, "loss": "l2",
+        "num_ddim_timesteps": 10, "target_decay": 0.9,
+    }  # fmt: skip
+    cfg = make_cfg(
+        caches, tmp_path / "learn", steps=300, batch_size=16, lr=1e-3, warmup_steps=10,
+        checkpoint_every=300, log_every=50, ema_decay=0.9, caption_dropout=0.0,
+        objective="consistency", objective_options=opts, init_from=str(teacher),
+        teacher=str(teacher),
+    )  # fmt: skip
+    student = UNet2DConditionModel.from_pretrained(train(cfg, progress=False) / "model/unet")
+    parent = load_teacher(teacher)
+    abar = make_noise_scheduler().alphas_cumprod
+    ctx = load_file(caches["embeddings"])["embeddings"][:16].repeat(3, 1, 1)
+    x = torch.randn(48, C, H, H, generator=torch.Generator().manual_seed(7))
+    t999 = torch.full((48,), 999)
+
+    def ddim(steps: int) -> torch.Tensor:
+        sched = DDIMScheduler.from_config(
+            make_noise_scheduler().config, set_alpha_to_one=False, timestep_spacing="trailing"
+        )
+        sched.set_timesteps(steps)
+        z = x
+        for t in sched.timesteps:
+            z = sched.step(
+                parent(z, t, encoder_hidden_states=ctx).sample, t, z, eta=0.0
+            ).prev_sample
+        return z
+
+    with torch.no_grad():
+        end, one = ddim(10), ddim(1)
+        f = consistency_output(student(x, t999, encoder_hidden_states=ctx).sample, x, t999, abar)
+
+    def err(z: torch.Tensor) -> np.ndarray:
+        return (z - end).square().mean(dim=(1, 2, 3)).numpy()
+
+    res = paired_difference(err(f), err(one), np.mean, n_boot=1000, seed=0)
+    assert res.outcome() == "a", res

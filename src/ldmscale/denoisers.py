@@ -19,7 +19,6 @@ UNet evaluations per image per step (the cost rule is :mod:`ldmscale.cost`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -105,12 +104,14 @@ def guidance_scale_embedding(
 ) -> torch.Tensor:
     """Sinusoidal embedding ``[B, dim]`` of guidance scales ``[B]`` (of ``1000 w``, sin half
     first), the convention of guidance-distilled UNets' ``timestep_cond`` (LCM's, after
-    Meng et al. 2023). Written here because diffusers keeps it a pipeline method."""
+    Meng et al. 2023; equal to ``LatentConsistencyModelPipeline.get_guidance_scale_embedding``).
+    Written here because diffusers keeps it a pipeline method."""
     w = guidance.float() * 1000.0
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=w.device) / (half - 1)
-    )
+    # The frequencies in the float32 operation order of diffusers' LCM pipeline: the arguments
+    # reach 1000 w, so a last-bit difference in a frequency moves the sine by ~1e-4.
+    step = torch.log(torch.tensor(10000.0)) / (half - 1)
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -step).to(w.device)
     emb = w[:, None] * freqs[None, :]
     emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
     if dim % 2 == 1:
