@@ -133,7 +133,10 @@ class ConsistencyOptions(Config):
     def resolved(self) -> ConsistencyOptions:
         """A copy with every unset switch filled in from :data:`STYLES`, checked."""
         if self.style not in STYLES:
-            raise ConfigError(f"style {self.style!r} is not one of {sorted(STYLES)}")
+            raise ConfigError(
+                f"objective_options of 'consistency': style {self.style!r} is not one of "
+                f"{sorted(STYLES)}"
+            )
         filled = {k: v for k, v in STYLES[self.style].items() if getattr(self, k) is None}
         out = self.replace(**filled)
         out.check()
