@@ -365,7 +365,8 @@ def test_student_learns_the_teachers_ode_endpoint(tmp_path, caches, teacher):  #
     """Seeded learning test: after distillation on the 10-point grid, the student's one-step
     output from pure noise is closer to the teacher's ODE endpoint (its 10-step DDIM on that
     grid, the chain the solver discretises) than the teacher's own one-step DDIM is, by a
-    paired bootstrap over 48 seeds."""
+    paired bootstrap over 48 seeds (mean squared error to the endpoint, measured: 3.23 for the
+    teacher's one step and the undistilled student, 1.4 after 30 steps, 1.0 after 100)."""
     import numpy as np
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
@@ -377,8 +378,8 @@ def test_student_learns_the_teachers_ode_endpoint(tmp_path, caches, teacher):  #
         "num_ddim_timesteps": 10, "target_decay": 0.9,
     }  # fmt: skip
     cfg = make_cfg(
-        caches, tmp_path / "learn", steps=300, batch_size=16, lr=1e-3, warmup_steps=10,
-        checkpoint_every=300, log_every=50, ema_decay=0.9, caption_dropout=0.0,
+        caches, tmp_path / "learn", steps=60, batch_size=16, lr=1e-3, warmup_steps=10,
+        checkpoint_every=60, log_every=20, ema_decay=0.9, caption_dropout=0.0,
         objective="consistency", objective_options=opts, init_from=str(teacher),
         teacher=str(teacher),
     )  # fmt: skip
@@ -404,9 +405,13 @@ def test_student_learns_the_teachers_ode_endpoint(tmp_path, caches, teacher):  #
     with torch.no_grad():
         end, one = ddim(10), ddim(1)
         f = consistency_output(student(x, t999, encoder_hidden_states=ctx).sample, x, t999, abar)
+        f0 = consistency_output(parent(x, t999, encoder_hidden_states=ctx).sample, x, t999, abar)
 
     def err(z: torch.Tensor) -> np.ndarray:
         return (z - end).square().mean(dim=(1, 2, 3)).numpy()
 
     res = paired_difference(err(f), err(one), np.mean, n_boot=1000, seed=0)
-    assert res.outcome() == "a", res
+    assert res.outcome() == "a" and err(f).mean() < 0.6 * err(one).mean(), res
+    # Control: before distillation the student (= the teacher) does not beat it.
+    control = paired_difference(err(f0), err(one), np.mean, n_boot=1000, seed=0)
+    assert control.outcome() != "a", control
