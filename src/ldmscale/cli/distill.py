@@ -52,8 +52,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "docs/distill.md."
         ),
     )
-    p.add_argument("--method", choices=METHODS, default="consistency", help="only consistency")
-    p.add_argument("--teacher", type=Path, required=True, help="the trained model folder")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="consistency",
+        help="the distillation method (guided/progressive distillation is not built yet)",
+    )
+    p.add_argument(
+        "--teacher",
+        type=Path,
+        required=True,
+        help="the trained model folder to distil (e.g. runs/c64/model): the student's start, "
+        "architecture, autoencoder, text encoder and (by default) data",
+    )
     p.add_argument("--config", type=Path, help="a TrainConfig .toml/.json to start from")
     for flag, (name, tp) in TRAIN_OVERRIDES.items():
         if flag not in _FROM_TEACHER:
@@ -64,12 +75,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ema-decay",
         dest="ov_ema_decay",
+        metavar="EMA_DECAY",
         type=float,
         default=None,
         help="decay of the exported EMA of the student (default: the target decay)",
     )
     for flag, (name, tp, text) in OPTION_FLAGS.items():
-        p.add_argument(flag, dest=f"opt_{name}", type=tp, default=None, help=text)
+        p.add_argument(
+            flag, dest=f"opt_{name}", metavar=name.upper(), type=tp, default=None,
+            help=text,
+        )  # fmt: skip
     p.add_argument(
         "--guidance-embedding",
         dest="opt_guidance_embedding",
