@@ -215,7 +215,7 @@ def test_lcm_sampler_equals_the_diffusers_lcm_pipeline(lcm_folder):
         )
     forwards: list[int] = []
     hook = model.unet.register_forward_pre_hook(lambda m, a: forwards.append(a[0].shape[0]))
-    for steps, w in ((1, 3.0), (4, 3.0), (4, 1.0)):
+    for steps, w in ((1, 3.0), (2, 3.0), (4, 3.0), (8, 3.0), (4, 1.0)):
         forwards.clear()
         res = generate(model, PROMPTS, seeds, SamplerConfig("lcm", steps, w), progress=False)
         assert forwards == [2] * steps  # one forward of the un-doubled batch per step
