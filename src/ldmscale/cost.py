@@ -24,6 +24,13 @@ def cfg_evaluations(guidance: float) -> int:
     return 2 if guidance != 1.0 else 1
 
 
+def evaluations_per_step(guidance: float, guidance_embedded: bool = False) -> int:
+    """UNet evaluations per image per step of a sampler at guidance ``w``: 1 for a model that
+    takes ``w`` as an embedding (``time_cond_proj_dim``: one forward, no doubled batch, any
+    ``w``), else :func:`cfg_evaluations`."""
+    return 1 if guidance_embedded else cfg_evaluations(guidance)
+
+
 def nfe(steps: int) -> int:
     """Network function evaluations per image as the paper counts them: the steps."""
     return int(steps)

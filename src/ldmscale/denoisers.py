@@ -14,11 +14,11 @@ UNet evaluations per image per step (the cost rule is :mod:`ldmscale.cost`).
   doubled batch, unconditional half first.
 * :func:`guidance_embedding_denoiser`: guidance given to the UNet as an embedding
   (``timestep_cond``, as guidance-distilled models take it): one forward, no doubling.
+* :func:`make_denoiser`: the one of the two a text-to-image UNet needs (its config says).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -104,12 +104,14 @@ def guidance_scale_embedding(
 ) -> torch.Tensor:
     """Sinusoidal embedding ``[B, dim]`` of guidance scales ``[B]`` (of ``1000 w``, sin half
     first), the convention of guidance-distilled UNets' ``timestep_cond`` (LCM's, after
-    Meng et al. 2023). Written here because diffusers keeps it a pipeline method."""
+    Meng et al. 2023; equal to ``LatentConsistencyModelPipeline.get_guidance_scale_embedding``).
+    Written here because diffusers keeps it a pipeline method."""
     w = guidance.float() * 1000.0
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=w.device) / (half - 1)
-    )
+    # The frequencies in the float32 operation order of diffusers' LCM pipeline: the arguments
+    # reach 1000 w, so a last-bit difference in a frequency moves the sine by ~1e-4.
+    step = torch.log(torch.tensor(10000.0)) / (half - 1)
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -step).to(w.device)
     emb = w[:, None] * freqs[None, :]
     emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
     if dim % 2 == 1:
@@ -131,3 +133,20 @@ def guidance_embedding_denoiser(
     return UNetDenoiser(
         unet, context, timestep_cond=guidance_scale_embedding(w, dim, context.dtype)
     )
+
+
+def takes_guidance_embedding(unet: torch.nn.Module) -> bool:
+    """Whether ``unet`` takes guidance as ``timestep_cond`` (its ``time_cond_proj_dim`` is set)."""
+    return bool(getattr(unet.config, "time_cond_proj_dim", None))
+
+
+def make_denoiser(
+    unet: torch.nn.Module, context: torch.Tensor, uncond: torch.Tensor | None, guidance: float
+) -> Denoiser:
+    """The denoiser of a text-to-image UNet at guidance ``w``: the guidance embedding (one
+    forward per step) when the UNet takes one, else :class:`CFGDenoiser` (``uncond`` may be None
+    at ``w = 1``, or for an embedding UNet). ``evaluations_per_step`` follows
+    :func:`ldmscale.cost.evaluations_per_step`."""
+    if takes_guidance_embedding(unet):
+        return guidance_embedding_denoiser(unet, context, guidance)
+    return CFGDenoiser(unet, context, uncond, guidance)

@@ -5,6 +5,11 @@ adding a sampler is one :class:`SamplerEntry` here. A scheduler is always built 
 ``from_config`` from the model's training scheduler config, so it shares the model's noise
 schedule (``beta_*``, ``num_train_timesteps``, ``prediction_type``); ``options`` override
 that config, ``step_options`` go to every ``scheduler.step`` call.
+
+``lcm`` (multistep consistency sampling) is for consistency-distilled models: their exported
+``scheduler/`` is an ``LCMScheduler`` config that carries the training grid
+(``original_inference_steps``, ``timestep_scaling``), so the sampler adds no options of its own.
+It is not in a sweep's default samplers (:data:`DEFAULT_SAMPLERS`).
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ SPACINGS = ("leading", "trailing", "linspace")
 @dataclass(frozen=True)
 class SamplerEntry:
     """One sampler: its name (in configs, the store and the CLI), its label in figures, the
-    diffusers scheduler class, config ``options``, ``step_options`` and whether it draws fresh
-    noise at every step (``stochastic``)."""
+    diffusers scheduler class, config ``options``, ``step_options``, whether it draws fresh
+    noise at every step (``stochastic``) and whether sweeps sample it by default
+    (``default``)."""
 
     name: str
     label: str
@@ -31,6 +37,7 @@ class SamplerEntry:
     options: dict[str, Any] = field(default_factory=dict)
     step_options: dict[str, Any] = field(default_factory=dict)
     stochastic: bool = False
+    default: bool = True
 
     def scheduler_class(self) -> type:
         import diffusers
@@ -64,11 +71,23 @@ SAMPLERS: dict[str, SamplerEntry] = {
             "the last step)",
             options={"algorithm_type": "dpmsolver++", "solver_order": 2},
         ),
+        SamplerEntry(
+            "lcm",
+            "LCM",
+            "LCMScheduler",
+            "multistep consistency sampling for consistency-distilled models (LCMScheduler: "
+            "the consistency output at each step, re-noised to the next timestep with fresh "
+            "noise except on the last; timesteps from the model's distillation grid)",
+            stochastic=True,
+            default=False,
+        ),
     )
 }
 
 #: The sampler names, in registry order.
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
+#: The samplers a sweep samples unless told otherwise (every model can use them).
+DEFAULT_SAMPLERS: tuple[str, ...] = tuple(n for n, e in SAMPLERS.items() if e.default)
 
 
 def get_sampler(name: str) -> SamplerEntry:

@@ -7,7 +7,9 @@ Conventions (docs/sampling.md has the long form):
   with eta = 0 (deterministic), ``ddpm`` = ``DDPMScheduler`` (ancestral, fresh noise every
   step), ``dpmpp`` = ``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++",
   solver_order=2)`` (DPM-Solver++ 2M, deterministic; first-order on the first and — below 15
-  steps — the last step, final sigma zero). Any step count >= 1.
+  steps — the last step, final sigma zero), ``lcm`` = ``LCMScheduler`` (multistep consistency
+  sampling of consistency-distilled models; at most ``original_inference_steps`` steps). Any
+  step count >= 1.
 * **The loop** (:func:`sample_loop`) only steps the scheduler; how the UNet is evaluated
   (guidance, extra inputs) is the denoiser's (:mod:`ldmscale.denoisers`).
 * **Timestep spacing** is the scheduler config's ``timestep_spacing`` (as
@@ -17,13 +19,17 @@ Conventions (docs/sampling.md has the long form):
 * **Guidance**: ``eps = u + w * (c - u)`` with ``u`` the prediction for the empty prompt
   (``encode([""])``); one UNet forward of the doubled batch ``torch.cat([latents] * 2)``
   (unconditional half first). ``w = 1`` is no guidance: the unconditional half is skipped and
-  the UNet runs once on the un-doubled batch. (Unlike diffusers, w < 1 is still guided.)
+  the UNet runs once on the un-doubled batch. (Unlike diffusers, w < 1 is still guided.) A UNet
+  that takes guidance as an embedding (``time_cond_proj_dim``, e.g. an LCM-distilled student)
+  gets ``timestep_cond = embed(w - 1)`` instead: one forward per step at every ``w``
+  (:func:`ldmscale.denoisers.make_denoiser`).
 * **Seeds**: image ``i`` uses ``torch.Generator("cpu").manual_seed(seeds[i])`` for its initial
   noise and all of its sampler noise, so an image does not depend on the batch size.
 * **Cost** (:mod:`ldmscale.cost`): ``nfe`` = steps (a doubled CFG batch counts once);
   ``sampling_cost`` = ``norm_cost * steps``; ``flops`` = actual UNet FLOPs of the request,
-  ``dense`` convention, including the doubled CFG batch (VAE decoding and text encoding are
-  not counted; they do not depend on the sampler or step count).
+  ``dense`` convention, including the doubled CFG batch (never doubled for a guidance-embedding
+  UNet; VAE decoding and text encoding are not counted; they do not depend on the sampler or
+  step count).
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from tqdm.auto import tqdm
 
 from ldmscale import cost
 from ldmscale.config import Config, ConfigError
-from ldmscale.denoisers import CFGDenoiser, Denoiser
+from ldmscale.denoisers import Denoiser, make_denoiser, takes_guidance_embedding
 from ldmscale.io import atomic_write_bytes, atomic_write_json
 from ldmscale.model import DiffusionModel
 from ldmscale.provenance import code_version
@@ -61,7 +67,7 @@ class SamplerConfig(Config):
     """How to sample.
 
     name: a sampler of :data:`ldmscale.samplers.SAMPLERS`: "ddim" (eta=0) | "ddpm"
-        (ancestral) | "dpmpp" (DPM-Solver++ 2M).
+        (ancestral) | "dpmpp" (DPM-Solver++ 2M) | "lcm" (consistency-distilled models).
     steps: sampler steps (>= 1); equals UNet evaluations per image.
     guidance: CFG scale w in ``eps = u + w (c - u)``; 1 = no guidance.
     timestep_spacing: None = the scheduler config's; or "leading" | "trailing" | "linspace".
@@ -96,7 +102,8 @@ class SampleResult:
 
     images: uint8 ``[N, H, W, 3]``; latents: float32 ``[N, C, h, w]`` on the CPU (the final
     latents before ``1 / scaling_factor``); nfe: UNet evaluations per image; sampling_cost:
-    norm_cost x steps; flops: UNet FLOPs of the whole request (dense, incl. the CFG doubling).
+    norm_cost x steps; flops: UNet FLOPs of the whole request (dense, incl. the CFG doubling);
+    evaluations_per_step: UNet evaluations per image per step (2 with CFG's doubled batch).
     """
 
     images: np.ndarray
@@ -112,6 +119,7 @@ class SampleResult:
     model_name: str
     seconds: float
     model_info: dict[str, Any] = field(default_factory=dict)
+    evaluations_per_step: int = 1
 
 
 def expand_requests(
@@ -171,8 +179,10 @@ def generate(
     n_batches = math.ceil(len(prompts) / batch_size)
     latents_out: list[torch.Tensor] = []
     images_out: list[np.ndarray] = []
+    embedded = takes_guidance_embedding(model.unet)
+    per_step = cost.evaluations_per_step(cfg.guidance, embedded)
     with torch.inference_mode():
-        null = model.encode_prompts([""]) if cfg.guided else None
+        null = model.encode_prompts([""]) if per_step == 2 else None
         bar = tqdm(
             total=n_batches * cfg.steps,
             desc=f"sampling {cfg.name} x{cfg.steps}",
@@ -186,7 +196,6 @@ def generate(
             latents_out.append(latents.float().cpu())
             images_out.append(decode_latents(model, latents))
         bar.close()
-    per_step = cost.cfg_evaluations(cfg.guidance)
     return SampleResult(
         images=np.concatenate(images_out),
         latents=torch.cat(latents_out),
@@ -208,6 +217,7 @@ def generate(
             "model_code_version": model.code_version,
             "notes": list(model.notes),
         },
+        evaluations_per_step=per_step,
     )
 
 
@@ -224,7 +234,7 @@ def _sample_batch(
 
     # fresh: multistep solvers keep state
     scheduler = make_scheduler(model.scheduler_config, cfg.name, cfg.timestep_spacing)
-    denoiser = CFGDenoiser(model.unet, model.encode_prompts(prompts), null, cfg.guidance)
+    denoiser = make_denoiser(model.unet, model.encode_prompts(prompts), null, cfg.guidance)
     # One CPU generator per image: randn_tensor draws row i from generators[i], and the
     # sampler's step noise continues the same stream.
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
@@ -352,6 +362,7 @@ def save_samples(
         "sampling_cost": result.sampling_cost,
         "flops": result.flops,
         "flops_per_image": result.flops / len(prompts),
+        "unet_evaluations_per_step": result.evaluations_per_step,
         "gflops_per_forward": result.gflops_per_forward,
         "flops_convention": "dense UNet FLOPs (FlopCounterMode, 2 per multiply-add), "
         "CFG doubled batch included, VAE decode and text encoder excluded",

@@ -20,6 +20,7 @@ COMMANDS = (
     "data",
     "autoencoder",
     "train",
+    "distill",
     "sample",
     "sweep",
     "metrics",

@@ -34,7 +34,7 @@ hooks draw none (``setup`` may use the global RNG only for work a resume redoes 
 **To add an objective** (super-resolution, DreamBooth, distillation): one file in this
 package with a subclass of ``Objective`` (``name``, ``required_keys``, ``loss`` and the hooks
 it needs) and a builder ``build(cfg) -> Objective``; one entry in :data:`OBJECTIVES`.
-``t2i.py`` is the simplest example.
+``t2i.py`` is the simplest example; ``consistency.py`` (distillation) uses every hook.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ldmscale.config import ConfigError
-from ldmscale.objectives import t2i
+from ldmscale.objectives import consistency, t2i
 from ldmscale.objectives.base import (
     BETA_END,
     BETA_SCHEDULE,
@@ -57,13 +57,17 @@ from ldmscale.objectives.base import (
     make_noise_scheduler,
     read_options,
 )
+from ldmscale.objectives.consistency import Consistency, ConsistencyOptions
 from ldmscale.objectives.t2i import TextToImage, min_snr_weights
 
 if TYPE_CHECKING:
     from ldmscale.train.config import TrainConfig
 
 #: Objective name -> builder ``(cfg: TrainConfig) -> Objective``.
-OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {"t2i": t2i.build}
+OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {
+    "t2i": t2i.build,
+    "consistency": consistency.build,
+}
 
 
 def build_objective(cfg: TrainConfig) -> Objective:
@@ -91,6 +95,8 @@ __all__ = [
     "BETA_END",
     "BETA_SCHEDULE",
     "BETA_START",
+    "Consistency",
+    "ConsistencyOptions",
     "NUM_TRAIN_TIMESTEPS",
     "OBJECTIVES",
     "PREDICTION_TYPES",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ldmscale.config import Config, ConfigError
-from ldmscale.samplers import SAMPLER_NAMES, SPACINGS
+from ldmscale.samplers import DEFAULT_SAMPLERS, SAMPLER_NAMES, SPACINGS
 
 #: The spacing of every cell stored before spacing was a sweep dimension (and SD's default).
 DEFAULT_SPACING = "leading"
@@ -59,7 +59,7 @@ class SweepConfig(Config):
     """
 
     models: tuple[str, ...] = ()
-    samplers: tuple[str, ...] = SAMPLER_NAMES
+    samplers: tuple[str, ...] = DEFAULT_SAMPLERS
     steps: tuple[int, ...] = (4, 8, 16, 20, 50)
     guidance: tuple[float, ...] = PAPER_GUIDANCE
     timestep_spacings: tuple[str, ...] = (DEFAULT_SPACING,)
