@@ -41,7 +41,13 @@ from ldmscale.report.inputs import (
     read_training_log,
 )
 from ldmscale.report.plot import DPI, FLOOR_STYLE
-from ldmscale.report.tables import floors_html, optima_html, quality_html, trained_widths
+from ldmscale.report.tables import (
+    floors_html,
+    frontier_html,
+    optima_html,
+    quality_html,
+    trained_widths,
+)
 from ldmscale.report.verdicts import equal_cost_html, verdict_html
 
 __all__ = [
@@ -58,6 +64,7 @@ __all__ = [
     "fig_samplers",
     "fig_training",
     "floors_html",
+    "frontier_html",
     "load_sample_grids",
     "optima_html",
     "quality_html",

@@ -81,3 +81,14 @@ def _figure(rel: str, caption: str, alt: str) -> str:
         f"<figure><img src='{_esc(rel)}' alt='{_esc(alt)}'>"
         f"<figcaption>{_esc(caption)}</figcaption></figure>"
     )
+
+
+def _page(title: str, parts: Sequence[str]) -> str:
+    """The whole page: ``title`` as its title and heading, then ``parts`` one per line."""
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{_esc(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+        f"<h1>{_esc(title)}</h1>\n"
+        + "\n".join(parts)
+        + f"\n<script>{_JS}</script>\n</body></html>\n"
+    )

@@ -13,6 +13,7 @@ from ldmscale.frontier import (
     floor_items,
     fresh_text,
     model_key,
+    pareto_frontier,
     quality_table,
     replicate_spread,
     train_step_of,
@@ -174,3 +175,27 @@ def quality_html(
             )
         )
     return "\n".join(parts)
+
+
+def frontier_html(rows: Sequence[dict], a: Analysis) -> str:
+    """The Pareto frontier over all samplers at the primary spacing (the best quality reachable
+    at each sampling cost, with each point's flags), the floors as extra rows."""
+    front = pareto_frontier(a.optima(rows))
+    return _table(
+        [
+            {
+                "sampling cost": p.sampling_cost,
+                "model": p.label(),
+                "sampler": p.sampler,
+                "steps": p.steps,
+                "guidance": p.guidance,
+                a.metric: p.score(),
+                "flags": p.flags(),
+            }
+            for p in front
+        ]
+        + [
+            {"sampling cost": None, "model": f"floor: {k}", a.metric: _score_of(f)}
+            for k, f in floor_items(a.floors, a.metric)
+        ]
+    )
