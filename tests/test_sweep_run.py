@@ -213,6 +213,41 @@ def test_ray_executor_runs_the_real_evaluator_like_serial(models, tmp_path, tiny
     assert len({r["metrics"]["fd_probe"]["value"] for r in serial.values()}) == 4
 
 
+@pytest.mark.slow
+def test_processes_executor_runs_the_real_evaluator_like_serial(models, tmp_path, tiny_shapes):
+    """Two spawned one-thread worker processes store the same rows as the serial executor
+    (the tests run torch with one thread), and the driver samples nothing."""
+    from ldmscale.sweep import evaluate
+
+    cfg = SweepConfig(
+        models=(models[0],),
+        samplers=("ddim", "ddpm"),
+        steps=(2,),
+        guidance=(1.0, 3.0),
+        n_images=4,
+        dataset=str(tiny_shapes),
+        resolution=16,
+        metrics=("fd_probe", "alignment"),
+        bootstrap=20,
+        batch_size=4,
+        probe_steps=20,
+        store=str(tmp_path / "serial.sqlite"),
+    )
+    with ResultsStore(cfg.store) as s:
+        run_sweep(cfg, s, progress=False)
+        serial = {r["cell_id"]: r for r in s.rows()}
+    evaluate._MODELS.clear()
+    par = cfg.replace(executor="processes", num_cpus=2, store=str(tmp_path / "par.sqlite"))
+    with ResultsStore(par.store) as s:
+        summary = run_sweep(par, s, progress=False)
+        parallel = {r["cell_id"]: r for r in s.rows()}
+    assert not evaluate._MODELS  # sampled in the workers
+    assert summary.computed == len(serial) == 4 and parallel.keys() == serial.keys()
+    for cid, row in serial.items():
+        assert parallel[cid]["metrics"] == row["metrics"]
+        assert parallel[cid]["flops"] == row["flops"]
+
+
 def test_cli_dry_run_and_overrides(models, tmp_path, capsys, monkeypatch):
     from ldmscale.cli import main
 

@@ -3,7 +3,7 @@
     ldmscale sweep --config sweep.toml [--models DIR,DIR] [--samplers ddim,ddpm,dpmpp]
                    [--steps 4,8,16] [--guidance 1.5,2,3] [--timestep-spacing trailing,leading]
                    [--n-images N] [--seed0 S] [--metrics a,b] [--cells cells.json]
-                   [--store results.sqlite] [--executor serial|ray] [--address ADDR]
+                   [--store results.sqlite] [--executor serial|processes|ray] [--address ADDR]
                    [--dry-run] [--adaptive [--adaptive-budget F]]
     ldmscale sweep export --store results.sqlite (--csv F | --parquet F)
 
@@ -67,7 +67,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-model", help="local transformers CLIP folder for the clip_score metric")
     p.add_argument("--batch-size", type=int, help="images per sampling batch")
     p.add_argument("--store", help="results store (SQLite file)")
-    p.add_argument("--executor", choices=("serial", "ray"))
+    p.add_argument(
+        "--executor",
+        choices=("serial", "processes", "ray"),
+        help="serial (this process), processes (--num-cpus one-thread workers) or ray",
+    )
     p.add_argument("--address", help="existing Ray cluster address (default: local instance)")
     p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray instance")
     p.add_argument("--dry-run", action="store_true", help="print the plan and a time estimate")

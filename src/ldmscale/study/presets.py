@@ -84,6 +84,9 @@ def _tiny() -> StudyConfig:
             metrics=("fd_probe", "alignment"),
             batch_size=64,
             dpmpp_max_steps=20,
+            # two one-thread worker processes: ~1.5x the images/s of one two-thread process
+            executor="processes",
+            num_cpus=2,
         ),
         checkpoint_sampler=SamplerConfig("ddim", 16, 2.0, "trailing"),
         primary_metric="fd_probe",

@@ -13,7 +13,7 @@ from ldmscale.samplers import DEFAULT_SAMPLERS, SAMPLER_NAMES, SPACINGS
 
 #: The spacing of every cell stored before spacing was a sweep dimension (and SD's default).
 DEFAULT_SPACING = "leading"
-EXECUTORS = ("serial", "ray")
+EXECUTORS = ("serial", "processes", "ray")
 PAPER_GUIDANCE = (1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
 
 
@@ -45,8 +45,9 @@ class SweepConfig(Config):
         but the frontier, report and adaptive search need registered ones.
     bootstrap, ci_level: bootstrap resamples over generated images and the CI level.
     batch_size: images per sampling batch (per UNet call; CFG doubles it inside).
-    executor: ``serial`` or ``ray``; address: an existing Ray cluster (``ray://host:10001`` or
-        ``auto``), None for a local instance with ``num_cpus`` CPUs.
+    executor: ``serial``, ``processes`` (``num_cpus`` local one-thread worker processes) or
+        ``ray``; address: an existing Ray cluster (``ray://host:10001`` or ``auto``), None for
+        a local instance with ``num_cpus`` CPUs.
     store: the results store (SQLite file).
     probe_steps: optimiser steps of the shapes probe behind ``fd_probe``/``alignment`` (its
         config is part of the metric protocol, so changing it makes new cells).
