@@ -204,6 +204,29 @@ def _entries(n: int) -> str:
     return f"{n} bad entr{'y' if n == 1 else 'ies'}"
 
 
+def _decode_all(
+    paths: list[Path],
+    resolution: int,
+    validate: bool,
+    in_memory: bool,
+    split: str,
+    progress: bool | None,
+) -> dict[Path, tuple]:
+    """``{path: _read_and_decode(path, ...)}`` for every file, on up to 4 threads, with a
+    progress bar for >= 2,000 files (``progress`` None)."""
+    show = show_bar(progress, auto=len(paths) >= 2000)
+    workers = min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        decoded = tqdm(
+            pool.map(lambda p: _read_and_decode(p, resolution, validate, in_memory), paths),
+            total=len(paths),
+            desc=f"checking {split}",
+            unit="img",
+            disable=not show,
+        )
+        return dict(zip(paths, decoded))
+
+
 def load_dataset(
     source: str | Path,
     split: str = "train",
@@ -240,24 +263,8 @@ def load_dataset(
 
     # Decode every file once (several captions may share one image under all_captions).
     unique = list(dict.fromkeys(e.path for e in entries))
-    show = show_bar(progress, auto=len(unique) >= 2000)
-    workers = min(4, os.cpu_count() or 1)
     in_memory = validate and len(unique) * resolution * resolution * 3 <= max_memory_bytes
-    with ThreadPoolExecutor(workers) as pool:
-        results = dict(
-            zip(
-                unique,
-                tqdm(
-                    pool.map(
-                        lambda p: _read_and_decode(p, resolution, validate, in_memory), unique
-                    ),
-                    total=len(unique),
-                    desc=f"checking {split}",
-                    unit="img",
-                    disable=not show,
-                ),
-            )
-        )
+    results = _decode_all(unique, resolution, validate, in_memory, split, progress)
     keep = []
     for e in entries:
         digest, _, problem = results[e.path]
