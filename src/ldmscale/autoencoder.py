@@ -163,23 +163,10 @@ def _reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor, kind: str) -> tor
     return loss
 
 
-def train_autoencoder(
-    train_ds: Dataset,
-    val_ds: Dataset | None,
-    cfg: AutoencoderConfig,
-    out_dir: str | Path,
-    progress: bool = True,
-    overwrite: bool = False,
+def _check_training_inputs(
+    train_ds: Dataset, cfg: AutoencoderConfig, out_dir: str | Path, overwrite: bool
 ) -> Path:
-    """Train an ``AutoencoderKL`` on ``train_ds`` and save it (diffusers format) to ``out_dir``.
-
-    Datasets yield Records with ``.image`` float ``[3, H, W]`` in [-1, 1] at ``cfg.resolution``.
-    The folder is written atomically (a killed run leaves no complete-looking folder) and holds
-    ``config.json`` (with the data-derived ``scaling_factor``), ``diffusion_pytorch_model.safetensors``
-    and ``training.json`` = {config, val_psnr_db, scaling_factor, loss curve, seconds}.
-    An existing non-empty ``out_dir`` is an error, unless ``overwrite`` and it is an earlier
-    autoencoder folder of ours (has ``training.json``). Returns ``out_dir``.
-    """
+    """The checks of :func:`train_autoencoder` before any training; returns ``out_dir``."""
     if len(train_ds) == 0:  # type: ignore[arg-type]
         raise AutoencoderError("train_autoencoder: the training dataset is empty")
     first = train_ds[0].image
@@ -199,7 +186,12 @@ def train_autoencoder(
                     else " and is not an ldmscale autoencoder folder; choose an empty or new folder"
                 )
             )
-    t0, cpu0 = time.time(), time.process_time()
+    return out_dir
+
+
+def _fit(train_ds: Dataset, cfg: AutoencoderConfig, progress: bool) -> tuple[Any, list[float]]:
+    """Build and train the autoencoder (Adam, warm-up then cosine lr, KL-regularised
+    reconstruction loss); returns it in eval mode and the per-step losses."""
     vae = build_autoencoder(cfg)
     vae.train()
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
@@ -233,6 +225,29 @@ def train_autoencoder(
         if step % 10 == 0 or step == cfg.steps - 1:
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
     vae.eval()
+    return vae, losses
+
+
+def train_autoencoder(
+    train_ds: Dataset,
+    val_ds: Dataset | None,
+    cfg: AutoencoderConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Train an ``AutoencoderKL`` on ``train_ds`` and save it (diffusers format) to ``out_dir``.
+
+    Datasets yield Records with ``.image`` float ``[3, H, W]`` in [-1, 1] at ``cfg.resolution``.
+    The folder is written atomically (a killed run leaves no complete-looking folder) and holds
+    ``config.json`` (with the data-derived ``scaling_factor``), ``diffusion_pytorch_model.safetensors``
+    and ``training.json`` = {config, val_psnr_db, scaling_factor, loss curve, seconds}.
+    An existing non-empty ``out_dir`` is an error, unless ``overwrite`` and it is an earlier
+    autoencoder folder of ours (has ``training.json``). Returns ``out_dir``.
+    """
+    out_dir = _check_training_inputs(train_ds, cfg, out_dir, overwrite)
+    t0, cpu0 = time.time(), time.process_time()
+    vae, losses = _fit(train_ds, cfg, progress)
 
     scaling_factor = estimate_scaling_factor(
         vae, train_ds, max_images=cfg.scale_images, seed=cfg.seed
