@@ -244,6 +244,70 @@ class AdaptiveResult:
         return self.images / self.grid_images if self.grid_images else 0.0
 
 
+def _group_searches(
+    groups: dict[tuple, list], n_images: int, adaptive: AdaptiveConfig
+) -> dict[tuple, tuple[Any, GroupSearch]]:
+    """``{group: (its first full-N cell, its GroupSearch over the group's guidance grid)}``."""
+    return {
+        key: (
+            cells[0],
+            GroupSearch(
+                [c.guidance for c in cells],
+                n_images,
+                adaptive.first,
+                adaptive.n_min,
+                adaptive.budget,
+                adaptive.grow,
+            ),
+        )
+        for key, cells in groups.items()
+    }
+
+
+def _cached_rows(cells: list, rows_dir: str, evaluate: Evaluator | None) -> dict[str, Any]:
+    """``{cell_id: its cached per-image rows}``; a cell stored before the row cache existed is
+    re-scored by the built-in evaluator to fill it (its stored row is kept)."""
+    from ldmscale.rowcache import load_rows, reusable
+
+    cached_rows = {}
+    for cell in cells:
+        cached = load_rows(rows_dir, cell.family)
+        missing = cached is None or reusable(cached, cell.prompts, cell.seeds) < cell.n_images
+        if missing and evaluate in (None, evaluate_cell):  # stored before the row cache
+            evaluate_cell(cell)  # fills the row cache; the stored row is kept
+            cached = load_rows(rows_dir, cell.family)
+        cached_rows[cell.cell_id] = cached
+    return cached_rows
+
+
+def _choices(
+    searches: dict[tuple, tuple[Any, GroupSearch]], metric: str, sign: float
+) -> tuple[list[dict[str, Any]], int]:
+    """Each group's chosen guidance with its last score and trace; and the images used."""
+    choices = []
+    images = 0
+    for proto, s in searches.values():
+        g = s.choice
+        last = s.trace[-1]
+        value = last["scores"][last["guidance"].index(g)] * sign
+        images += s.images
+        choices.append(
+            {
+                "model": proto.model.name,
+                "model_hash": proto.model.hash,
+                "sampler": proto.sampler,
+                "steps": proto.steps,
+                "guidance": g,
+                "metric": metric,
+                "value": value,
+                "n_images": last["n"],
+                "images": s.images,
+                "trace": s.trace,
+            }
+        )
+    return choices, images
+
+
 def adaptive_search(
     cfg: SweepConfig,
     store: ResultsStore,
@@ -257,7 +321,7 @@ def adaptive_search(
     executor (serial or Ray) together. Every evaluated cell is written to ``store``. Images are
     reused between rounds through the row cache ``cfg.rows_dir`` (default ``<store>.rows``).
     """
-    from ldmscale.rowcache import load_rows, reusable
+    from ldmscale.rowcache import reusable
 
     adaptive = adaptive or AdaptiveConfig()
     metric = adaptive.metric or (cfg.metrics[0] if cfg.metrics else None)
@@ -271,20 +335,7 @@ def adaptive_search(
     groups: dict[tuple, list] = {}
     for cell in plan.cells:  # full-N cells: use them only for the group list and the grid
         groups.setdefault(cell.group, []).append(cell)
-    searches = {
-        key: (
-            cells[0],
-            GroupSearch(
-                [c.guidance for c in cells],
-                cfg.n_images,
-                adaptive.first,
-                adaptive.n_min,
-                adaptive.budget,
-                adaptive.grow,
-            ),
-        )
-        for key, cells in groups.items()
-    }
+    searches = _group_searches(groups, cfg.n_images, adaptive)
     statistic: Statistic | None = None
     computed = 0
     rnd = 0
@@ -311,14 +362,7 @@ def adaptive_search(
             desc=f"adaptive round {rnd}",
         )
         computed += summary.computed
-        cached_rows = {}
-        for cell in all_cells:
-            cached = load_rows(ctx.rows_dir, cell.family)
-            missing = cached is None or reusable(cached, cell.prompts, cell.seeds) < cell.n_images
-            if missing and evaluate in (None, evaluate_cell):  # stored before the row cache
-                evaluate_cell(cell)  # fills the row cache; the stored row is kept
-                cached = load_rows(ctx.rows_dir, cell.family)
-            cached_rows[cell.cell_id] = cached
+        cached_rows = _cached_rows(all_cells, ctx.rows_dir, evaluate)
         for key, cells in requests.items():
             stored = [_metric(store, c.cell_id, metric) for c in cells]
             scores = [sign * m["value"] for m in stored]
@@ -337,27 +381,7 @@ def adaptive_search(
                 worse = [i != leader and lo[i] > hi[leader] > lo[leader] for i in range(len(cells))]
             searches[key][1].tell(scores, worse)
         rnd += 1
-    choices = []
-    images = 0
-    for proto, s in searches.values():
-        g = s.choice
-        last = s.trace[-1]
-        value = last["scores"][last["guidance"].index(g)] * sign
-        images += s.images
-        choices.append(
-            {
-                "model": proto.model.name,
-                "model_hash": proto.model.hash,
-                "sampler": proto.sampler,
-                "steps": proto.steps,
-                "guidance": g,
-                "metric": metric,
-                "value": value,
-                "n_images": last["n"],
-                "images": s.images,
-                "trace": s.trace,
-            }
-        )
+    choices, images = _choices(searches, metric, sign)
     grid_images = sum(len(cells) * cfg.n_images for cells in groups.values())
     return AdaptiveResult(choices, images, grid_images, computed)
 
