@@ -51,6 +51,11 @@ def dry_run(cfg: StudyConfig, calibrate: bool = True) -> str:
     lines.append(
         f"training: {len(cfg.widths)} widths x {cfg.train.steps} steps at batch "
         f"{cfg.train.batch_size} ({cfg.train.batch_size * cfg.train.steps:,} images each)"
+        + (
+            f", {cfg.train_workers} at a time in one-thread processes"
+            if cfg.train_workers > 1
+            else ""
+        )
     )
     lines.append(
         f"sweep: {len(cells) * len(cfg.widths)} cells ({', '.join(sw.samplers)}; steps "
@@ -66,7 +71,8 @@ def dry_run(cfg: StudyConfig, calibrate: bool = True) -> str:
     if calibrate and total_s is not None:
         lines.append(
             f"estimated on this machine: {format_seconds(total_s)} for training + sweep (the "
-            "autoencoder, caches, probe and report add a few minutes)"
+            "autoencoder, caches, probe and report add a few minutes; timed in this process, "
+            "so worker processes finish sooner)"
         )
     elif calibrate:
         lines.append("no full time estimate: the large widths are timed on the target machine")
