@@ -141,6 +141,25 @@ def test_sigkill_mid_sweep_then_resume(models, tmp_path):
     assert set(second_run).isdisjoint(before)
 
 
+def real_cfg(model, tiny_shapes, tmp_path, samplers: tuple[str, ...]) -> SweepConfig:
+    """A small sweep for the real evaluator: one tiny model, 2 samplers x 2 guidance scales,
+    4 images per cell, FD-probe and alignment, stored in ``tmp_path / "serial.sqlite"``."""
+    return SweepConfig(
+        models=(model,),
+        samplers=samplers,
+        steps=(2,),
+        guidance=(1.0, 3.0),
+        n_images=4,
+        dataset=str(tiny_shapes),
+        resolution=16,
+        metrics=("fd_probe", "alignment"),
+        bootstrap=20,
+        batch_size=4,
+        probe_steps=20,
+        store=str(tmp_path / "serial.sqlite"),
+    )
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     ray = pytest.importorskip("ray")
@@ -176,20 +195,7 @@ def test_ray_executor_runs_the_real_evaluator_like_serial(models, tmp_path, tiny
     as the serial executor, and the driver itself samples nothing."""
     from ldmscale.sweep import evaluate
 
-    cfg = SweepConfig(
-        models=(models[0],),
-        samplers=("ddim", "dpmpp"),
-        steps=(2,),
-        guidance=(1.0, 3.0),
-        n_images=4,
-        dataset=str(tiny_shapes),
-        resolution=16,
-        metrics=("fd_probe", "alignment"),
-        bootstrap=20,
-        batch_size=4,
-        probe_steps=20,
-        store=str(tmp_path / "serial.sqlite"),
-    )
+    cfg = real_cfg(models[0], tiny_shapes, tmp_path, ("ddim", "dpmpp"))
     with ResultsStore(cfg.store) as s:
         run_sweep(cfg, s, progress=False)  # the built-in evaluator, in this process
         serial = {r["cell_id"]: r for r in s.rows()}
@@ -219,20 +225,7 @@ def test_processes_executor_runs_the_real_evaluator_like_serial(models, tmp_path
     (the tests run torch with one thread), and the driver samples nothing."""
     from ldmscale.sweep import evaluate
 
-    cfg = SweepConfig(
-        models=(models[0],),
-        samplers=("ddim", "ddpm"),
-        steps=(2,),
-        guidance=(1.0, 3.0),
-        n_images=4,
-        dataset=str(tiny_shapes),
-        resolution=16,
-        metrics=("fd_probe", "alignment"),
-        bootstrap=20,
-        batch_size=4,
-        probe_steps=20,
-        store=str(tmp_path / "serial.sqlite"),
-    )
+    cfg = real_cfg(models[0], tiny_shapes, tmp_path, ("ddim", "ddpm"))
     with ResultsStore(cfg.store) as s:
         run_sweep(cfg, s, progress=False)
         serial = {r["cell_id"]: r for r in s.rows()}
