@@ -322,9 +322,9 @@ def _probe_validation(protocol: dict[str, Any]) -> dict[str, float] | None:
     """The shapes probe's held-out (validation split) accuracies, when a metric uses it."""
     if not {"alignment", "fd_probe"} & set(protocol["metrics"]):
         return None
-    from ldmscale.sweep import _probe  # private, but the one place the protocol's probe lives
+    from ldmscale.metrics.protocol import protocol_probe
 
-    return (_probe(protocol).info or {}).get("validation")
+    return (protocol_probe(protocol).info or {}).get("validation")
 
 
 def _check_floors(floors: Any, where: str) -> dict[str, Any]:

@@ -36,7 +36,6 @@ from ldmscale.metrics.protocol import (
     prepare_metrics,
     score_rows,
 )
-from ldmscale.metrics.protocol import protocol_probe as _probe  # floors.py imports this name
 from ldmscale.sweep.config import (
     DEFAULT_SPACING,
     EXECUTORS,
@@ -85,7 +84,6 @@ __all__ = [
     "SweepConfig",
     "SweepContext",
     "SweepError",
-    "_probe",
     "calibrate_model",
     "cell_row",
     "cell_rows",
