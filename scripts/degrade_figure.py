@@ -3,7 +3,8 @@
     PYTHONPATH=src python scripts/degrade_figure.py --preset shapes32 --out docs/img/degrade_shapes32.png
 
 Rows are shapes validation images 0..n-1 (seed 0, 32 px); image i is degraded with
-``torch.Generator().manual_seed(i)``. Every panel is shown at ``zoom`` x, nearest-neighbour.
+``torch.Generator().manual_seed(i)``. Every panel is ``resolution * zoom`` px wide,
+nearest-neighbour (the LR is magnified ``scale`` times more than the HR).
 """
 
 from __future__ import annotations
