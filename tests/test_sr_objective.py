@@ -135,3 +135,56 @@ def test_hr_images_of_the_wrong_size_get_a_clear_error(parent):
     child = grow_unet(parent, BASE.replace(**_objective().unet_overrides()))
     with pytest.raises(ValueError, match="HR images must be 4 x the latent size"):
         _objective().loss(child, _batch(hr_px=16), torch.Generator().manual_seed(0))
+
+
+def test_trainer_trains_sr_from_a_dataset_and_exports_an_sr_model(tmp_path):
+    """The one trainer feeds the HR images (hr_uint8) to the objective: 32 px shapes, an f = 4
+    autoencoder (8x8 latents = the 8 px LR), two steps, from scratch."""
+    import json
+
+    from diffusers import AutoencoderKL
+
+    from ldmscale.data.shapes import generate_shapes
+    from ldmscale.train import train
+
+    data = generate_shapes(tmp_path / "shapes", n_train=8, n_val=2, resolution=32, seed=0)
+
+    torch.manual_seed(0)
+    AutoencoderKL(
+        block_out_channels=(8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=32,
+    ).save_pretrained(tmp_path / "vae")
+    cfg = TrainConfig(
+        run_dir=str(tmp_path / "run"),
+        c=8,
+        layers_per_block=1,
+        data=str(data),
+        resolution=32,
+        vae=str(tmp_path / "vae"),
+        text_encoder={"kind": "minilm", "max_length": 8},
+        steps=2,
+        batch_size=4,
+        warmup_steps=1,
+        objective="sr",
+    )
+    run = train(cfg, progress=False)
+    info = json.loads((run / "model" / "ldmscale_model.json").read_text())
+    assert info["task"] == "sr" and info["unet_spec"]["latent_size"] == 8
+    assert info["unet_spec"]["extra_in_channels"] == 3
+    assert info["unet_spec"]["num_class_embeds"] == NUM_NOISE_LEVELS
+    unet_cfg = json.loads((run / "model" / "unet" / "config.json").read_text())
+    assert (unet_cfg["in_channels"], unet_cfg["out_channels"]) == (7, 4)
+    # Without the dataset (cache files only) the HR images are missing: a clear error.
+    caches = sorted((run / "cache").glob("*.safetensors"))
+    lat = next(p for p in caches if "lat" in p.name)
+    emb = next(p for p in caches if p != lat)
+    no_data = cfg.replace(
+        run_dir=str(tmp_path / "run2"), data=None, latents=str(lat), embeddings=str(emb)
+    )
+    with pytest.raises(ConfigError, match="set TrainConfig.data to the dataset folder"):
+        train(no_data, progress=False)
