@@ -10,6 +10,7 @@ from ldmscale.config import ConfigError
 from ldmscale.data.degrade import DegradeConfig, degrade
 from ldmscale.data.shapes import make_example
 from ldmscale.family import UNetSpec, build_unet
+from ldmscale.modelfolder import ModelMeta, read_model_meta
 from ldmscale.objectives import OBJECTIVES, SuperResolution, make_noise_scheduler
 from ldmscale.objectives.sr import NUM_NOISE_LEVELS, make_low_res_scheduler
 from ldmscale.surgery import grow_unet
@@ -177,6 +178,12 @@ def test_trainer_trains_sr_from_a_dataset_and_exports_an_sr_model(tmp_path):
     assert info["task"] == "sr" and info["unet_spec"]["latent_size"] == 8
     assert info["unet_spec"]["extra_in_channels"] == 3
     assert info["unet_spec"]["num_class_embeds"] == NUM_NOISE_LEVELS
+    assert info["sr"]["scale"] == 4 and info["sr"]["max_noise_level"] == 350
+    assert info["sr"]["noise_level"] == 20
+    assert info["sr"]["low_res_schedule"]["beta_schedule"] == "scaled_linear"
+    assert DegradeConfig.from_dict(info["sr"]["degradation"]) == DegradeConfig.shapes32()
+    meta = read_model_meta(run / "model")
+    assert meta.sr is not None and meta.sr.scale == 4
     unet_cfg = json.loads((run / "model" / "unet" / "config.json").read_text())
     assert (unet_cfg["in_channels"], unet_cfg["out_channels"]) == (7, 4)
     # Without the dataset (cache files only) the HR images are missing: a clear error.
@@ -188,3 +195,13 @@ def test_trainer_trains_sr_from_a_dataset_and_exports_an_sr_model(tmp_path):
     )
     with pytest.raises(ConfigError, match="set TrainConfig.data to the dataset folder"):
         train(no_data, progress=False)
+
+
+def test_model_meta_has_no_sr_entry_unless_it_is_an_sr_model(parent):
+    hints = _objective().export_hints()
+    assert hints.task == "sr" and hints.sr["low_res_schedule"]["num_train_timesteps"] == 1000
+    fields = dict(unet_spec=BASE, text_encoder={"kind": "minilm"}, scaling_factor=0.5)
+    t2i = ModelMeta.from_dict({**fields, "unet_spec": BASE.to_dict()})
+    assert "sr" not in t2i.to_dict()  # t2i folders' json (and hashes) are unchanged
+    sr = ModelMeta.from_dict({**t2i.to_dict(), "task": "sr", "sr": hints.sr})
+    assert ModelMeta.from_dict(sr.to_dict()) == sr and sr.sr.noise_level == 20

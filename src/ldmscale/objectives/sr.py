@@ -157,7 +157,17 @@ class SuperResolution(Objective):
         return F.mse_loss(pred.float(), target.float())
 
     def export_hints(self) -> ExportHints:
-        return ExportHints(scheduler=make_noise_scheduler(self.prediction_type), task="sr")
+        low_res = self.low_res_scheduler.config
+        sr = {
+            "scale": self.degradation.scale,
+            "max_noise_level": self.max_noise_level,
+            "low_res_schedule": {
+                k: low_res[k]
+                for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
+            },
+            "degradation": self.degradation.to_dict(),
+        }
+        return ExportHints(scheduler=make_noise_scheduler(self.prediction_type), task="sr", sr=sr)
 
 
 def build(cfg: TrainConfig) -> SuperResolution:
