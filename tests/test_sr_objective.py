@@ -138,18 +138,17 @@ def test_hr_images_of_the_wrong_size_get_a_clear_error(parent):
         _objective().loss(child, _batch(hr_px=16), torch.Generator().manual_seed(0))
 
 
-def test_trainer_trains_sr_from_a_dataset_and_exports_an_sr_model(tmp_path):
-    """The one trainer feeds the HR images (hr_uint8) to the objective: 32 px shapes, an f = 4
-    autoencoder (8x8 latents = the 8 px LR), two steps, from scratch."""
-    import json
-
+@pytest.fixture(scope="module")
+def sr_run(tmp_path_factory):
+    """An SR run trained by the one trainer: 32 px shapes, an f = 4 autoencoder (8x8 latents =
+    the 8 px LR), two steps, from scratch. Returns (config, run folder, dataset folder)."""
     from diffusers import AutoencoderKL
 
     from ldmscale.data.shapes import generate_shapes
     from ldmscale.train import train
 
+    tmp_path = tmp_path_factory.mktemp("sr_run")
     data = generate_shapes(tmp_path / "shapes", n_train=8, n_val=2, resolution=32, seed=0)
-
     torch.manual_seed(0)
     AutoencoderKL(
         block_out_channels=(8, 8, 8),
@@ -173,7 +172,16 @@ def test_trainer_trains_sr_from_a_dataset_and_exports_an_sr_model(tmp_path):
         warmup_steps=1,
         objective="sr",
     )
-    run = train(cfg, progress=False)
+    return cfg, train(cfg, progress=False), data
+
+
+def test_trainer_trains_sr_from_a_dataset_and_exports_an_sr_model(sr_run, tmp_path):
+    """The one trainer feeds the HR images (hr_uint8) to the objective."""
+    import json
+
+    from ldmscale.train import train
+
+    cfg, run, _ = sr_run
     info = json.loads((run / "model" / "ldmscale_model.json").read_text())
     assert info["task"] == "sr" and info["unet_spec"]["latent_size"] == 8
     assert info["unet_spec"]["extra_in_channels"] == 3
@@ -205,3 +213,31 @@ def test_model_meta_has_no_sr_entry_unless_it_is_an_sr_model(parent):
     assert "sr" not in t2i.to_dict()  # t2i folders' json (and hashes) are unchanged
     sr = ModelMeta.from_dict({**t2i.to_dict(), "task": "sr", "sr": hints.sr})
     assert ModelMeta.from_dict(sr.to_dict()) == sr and sr.sr.noise_level == 20
+
+
+def test_upscale_samples_an_sr_model_per_image_seeded(sr_run):
+    from ldmscale.model import load_model
+    from ldmscale.sampling import SamplerConfig, SamplingError
+    from ldmscale.upscale import upscale
+
+    model = load_model(sr_run[1] / "model")
+    hr = _batch(n=3)["hr_uint8"]
+    lr = degrade(hr, DegradeConfig.shapes32(), [torch.Generator().manual_seed(i) for i in range(3)])
+    cfg = SamplerConfig(name="ddpm", steps=2, guidance=1.0)
+    out = upscale(model, lr, [10, 11, 12], cfg, progress=False)
+    assert out.images.shape == (3, 32, 32, 3) and out.images.dtype == np.uint8
+    assert out.nfe == 2 and out.model_info["noise_level"] == 20
+    one = upscale(model, lr[1:2], [11], cfg, batch_size=1, progress=False)
+    assert np.array_equal(one.images[0], out.images[1])  # independent of the batch
+    # Same random numbers; the batched convolutions differ only in float rounding.
+    torch.testing.assert_close(one.latents[0], out.latents[1], rtol=0, atol=1e-5)
+    other_level = upscale(model, lr[1:2], [11], cfg, noise_level=300, progress=False)
+    assert (other_level.latents[0] - out.latents[1]).abs().max() > 1e-3
+    other_lr = upscale(model, lr[0:1], [11], cfg, progress=False)  # the LR is an input
+    assert (other_lr.latents[0] - out.latents[1]).abs().max() > 1e-3
+    with pytest.raises(SamplingError, match=r"uint8 \[N, 8, 8, 3\]"):
+        upscale(model, hr, [0, 1, 2], cfg, progress=False)  # HR given where LR is expected
+    with pytest.raises(SamplingError, match="without classifier-free guidance"):
+        upscale(model, lr, [0, 1, 2], cfg.replace(guidance=3.0), progress=False)
+    with pytest.raises(SamplingError, match="noise_level must be in 0..349"):
+        upscale(model, lr, [0, 1, 2], cfg, noise_level=350, progress=False)
