@@ -106,8 +106,10 @@ def test_t2i_builder_reads_the_top_level_fields_and_setup_the_data():
 
 
 def test_registry_errors_name_the_fix(monkeypatch):
-    with pytest.raises(ConfigError, match=r"unknown objective 'sr'.*available: \[.*'t2i'\]"):
-        build_objective(TrainConfig(objective="sr"))
+    with pytest.raises(
+        ConfigError, match=r"unknown objective 'nonesuch'.*available: \[.*'sr', 't2i'\]"
+    ):
+        build_objective(TrainConfig(objective="nonesuch"))
     with pytest.raises(ConfigError, match=r"'t2i' takes no options.*prediction_type"):
         build_objective(TrainConfig(objective_options={"gamma": 5}))
     with pytest.raises(ConfigError, match=r"teacher.*uses no teacher.*init_from"):

@@ -331,6 +331,24 @@ def load_conditioning(latents: str | Path, embeddings: str | Path) -> Conditioni
     )
 
 
+def load_hr_images(data: str | Path | None, resolution: int, n_rows: int) -> torch.Tensor:
+    """The training split of dataset folder ``data`` at ``resolution`` as uint8 ``[N, H, W, 3]``,
+    row i = record i as in the caches: the high-resolution targets an SR objective degrades."""
+    if not data:
+        raise ConfigError(
+            "this objective needs the high-resolution training images (hr_uint8): set "
+            "TrainConfig.data to the dataset folder (with vae and text_encoder) instead of "
+            "latent/embedding cache files"
+        )
+    images = load_dataset(data, split="train", resolution=resolution).images_uint8()
+    if images.shape[0] != n_rows:
+        raise CacheError(
+            f"dataset {data} has {images.shape[0]} training images but the caches have {n_rows} "
+            "rows; build the caches from this dataset (row i = record i)"
+        )
+    return torch.from_numpy(images)
+
+
 def resolve_cache_paths(
     *,
     latents: str | None,

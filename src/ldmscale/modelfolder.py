@@ -27,7 +27,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ldmscale.config import Config, ConfigError
+from ldmscale.config import Config, ConfigError, omit_if_default
 from ldmscale.family import UNetSpec
 from ldmscale.io import atomic_path, atomic_write_json, hash_json, sha256_file
 from ldmscale.text import (
@@ -62,6 +62,23 @@ class ParentModel(Config):
 
 
 @dataclass
+class SRMeta(Config):
+    """How a super-resolution model (``task = "sr"``) takes its low-resolution (LR) input.
+
+    scale: HR side / LR side. max_noise_level: the LR noise levels it was trained on are
+    ``0 .. max_noise_level - 1``. low_res_schedule: the ``DDPMScheduler`` config of the LR noise
+    augmentation. noise_level: the level to sample at (diffusers' upscaler default, 20).
+    degradation: the ``DegradeConfig`` (as a dict) its training LR images were made with.
+    """
+
+    scale: int
+    max_noise_level: int
+    low_res_schedule: dict[str, Any]
+    noise_level: int = 20
+    degradation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ModelMeta(Config):
     """The schema of ``ldmscale_model.json``: what a model folder says about its model.
 
@@ -82,6 +99,7 @@ class ModelMeta(Config):
     name: a display name overriding the folder-derived one (see :func:`model_name`).
     sampler_hint: how the model is meant to be sampled when its objective says so (e.g.
         ``{"name": "ddim"}``); None for text-to-image.
+    sr: :class:`SRMeta` of a super-resolution model; absent otherwise.
     train_config: the ``TrainConfig`` as a dict. code_version: what wrote the folder.
 
     A later task's settings (super-resolution, guidance embedding, sampler hint) are added
@@ -107,6 +125,7 @@ class ModelMeta(Config):
     run: str | None = None
     name: str | None = None
     sampler_hint: dict[str, Any] | None = None
+    sr: SRMeta | None = omit_if_default(None)
     train_config: dict[str, Any] = field(default_factory=dict)
     code_version: str | None = None
 

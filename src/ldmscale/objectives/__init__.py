@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ldmscale.config import ConfigError
-from ldmscale.objectives import consistency, t2i
+from ldmscale.objectives import consistency, sr, t2i
 from ldmscale.objectives.base import (
     BETA_END,
     BETA_SCHEDULE,
@@ -58,6 +58,7 @@ from ldmscale.objectives.base import (
     read_options,
 )
 from ldmscale.objectives.consistency import Consistency, ConsistencyOptions
+from ldmscale.objectives.sr import SROptions, SuperResolution
 from ldmscale.objectives.t2i import TextToImage, min_snr_weights
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
 OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {
     "t2i": t2i.build,
     "consistency": consistency.build,
+    "sr": sr.build,
 }
 
 
@@ -102,7 +104,9 @@ __all__ = [
     "PREDICTION_TYPES",
     "ExportHints",
     "Objective",
+    "SROptions",
     "SetupContext",
+    "SuperResolution",
     "TextToImage",
     "build_objective",
     "load_teacher",

@@ -76,11 +76,14 @@ class ExportHints:
         written to ``ldmscale_model.json`` as ``sampler_hint``; None = no hint (text-to-image).
     task: what the exported model is for, ``ldmscale_model.json``'s ``task`` (one of
         :data:`ldmscale.modelfolder.TASKS`).
+    sr: a super-resolution model's :class:`~ldmscale.modelfolder.SRMeta` fields (a dict),
+        written as ``sr``; None otherwise.
     """
 
     scheduler: Any
     sampler_hint: dict[str, Any] | None = None
     task: str = "t2i"
+    sr: dict[str, Any] | None = None
 
 
 class Objective:

@@ -18,6 +18,7 @@ from ldmscale.family import UNetSpec
 from ldmscale.modelfolder import (
     ModelLoadError,
     ModelMeta,
+    SRMeta,
     parent_of,
     read_model_meta,
     write_model_folder,
@@ -106,6 +107,7 @@ def export_model(
         train_steps=cfg.steps,
         **training_state_keys(cfg, step, costs["norm_cost"]),
         sampler_hint=hints.sampler_hint,
+        sr=SRMeta.from_dict(hints.sr) if hints.sr else None,
         train_config=cfg.to_dict(),
         code_version=code_version(),
     )

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ldmscale.cache import Conditioning, load_conditioning, resolve_cache_paths
+from ldmscale.cache import Conditioning, load_conditioning, load_hr_images, resolve_cache_paths
 from ldmscale.config import ConfigError
 from ldmscale.family import OVERRIDE_FIELDS, UNetSpec, build_unet, model_costs
 from ldmscale.objectives import Objective, SetupContext, build_objective
@@ -365,6 +365,8 @@ def _setup(cfg: TrainConfig, overwrite: bool, progress: bool) -> _Run:
     if cfg.init_from and resume is None:
         model_unet_dir(cfg.init_from)  # a missing parent fails before the caches are built
     cond = _load_data(cfg, accelerator, progress)
+    if "hr_uint8" in objective.required_keys:  # super-resolution degrades the HR images
+        cond.rows["hr_uint8"] = load_hr_images(cfg.data, cfg.resolution, cond.n)
     spec = _model_spec(cfg, cond, objective)
 
     # Model, EMA, optimiser, LR schedule (same init on every process).
