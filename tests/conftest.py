@@ -158,6 +158,32 @@ def tiny_unet_spec(c: int = 8):
     return UNetSpec(c=c, context_dim=TINY_CTX_DIM, context_len=TINY_CTX_LEN, latent_size=8)
 
 
+def surgery_base_spec():
+    """The parent spec of the surgery tests: c = 8 on 8x8x4 latents, 6 tokens of 16-d context,
+    one layer per block."""
+    from ldmscale.family import UNetSpec
+
+    return UNetSpec(
+        c=8, context_dim=16, context_len=6, latent_channels=4, latent_size=8, layers_per_block=1
+    )
+
+
+@pytest.fixture(scope="module")
+def random_parent_unet():
+    """A tiny t2i UNet of :func:`surgery_base_spec` with every weight random (no
+    zero-initialised layer hides a mistake in a surgery)."""
+    import torch
+
+    from ldmscale.family import build_unet
+
+    torch.manual_seed(0)
+    unet = build_unet(surgery_base_spec()).eval()
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    return unet
+
+
 def tiny_sd_components(c: int = 8):
     """(unet, vae, tokenizer, text_model, scheduler) of a tiny Stable Diffusion model, seeded 0.
 

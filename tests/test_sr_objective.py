@@ -6,29 +6,22 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import surgery_base_spec, tiny_vae
 from ldmscale.config import ConfigError
 from ldmscale.data.degrade import DegradeConfig, degrade
 from ldmscale.data.shapes import make_example
-from ldmscale.family import UNetSpec, build_unet
 from ldmscale.modelfolder import ModelMeta, read_model_meta
 from ldmscale.objectives import OBJECTIVES, SuperResolution, make_noise_scheduler
 from ldmscale.objectives.sr import NUM_NOISE_LEVELS, make_low_res_scheduler
 from ldmscale.surgery import grow_unet
 from ldmscale.train import TrainConfig
 
-BASE = UNetSpec(c=8, context_dim=16, context_len=6, latent_channels=4, latent_size=8,
-                layers_per_block=1)  # fmt: skip
+BASE = surgery_base_spec()
 
 
 @pytest.fixture(scope="module")
-def parent() -> torch.nn.Module:
-    """A tiny t2i UNet with every weight random (no zero-initialised layer hides a mistake)."""
-    torch.manual_seed(0)
-    unet = build_unet(BASE).eval()
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.copy_(torch.randn_like(p) * 0.2)
-    return unet
+def parent(random_parent_unet) -> torch.nn.Module:
+    return random_parent_unet
 
 
 def _objective(**kw) -> SuperResolution:
@@ -142,7 +135,6 @@ def test_hr_images_of_the_wrong_size_get_a_clear_error(parent):
 def sr_run(tmp_path_factory):
     """An SR run trained by the one trainer: 32 px shapes, an f = 4 autoencoder (8x8 latents =
     the 8 px LR), two steps, from scratch. Returns (config, run folder, dataset folder)."""
-    from diffusers import AutoencoderKL
 
     from ldmscale.data.shapes import generate_shapes
     from ldmscale.train import train
@@ -150,13 +142,10 @@ def sr_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("sr_run")
     data = generate_shapes(tmp_path / "shapes", n_train=8, n_val=2, resolution=32, seed=0)
     torch.manual_seed(0)
-    AutoencoderKL(
+    tiny_vae(
         block_out_channels=(8, 8, 8),
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
         sample_size=32,
     ).save_pretrained(tmp_path / "vae")
     cfg = TrainConfig(

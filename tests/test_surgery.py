@@ -5,23 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import surgery_base_spec
 from ldmscale.config import ConfigError
-from ldmscale.family import UNetSpec, build_unet, count_gflops, unet_inputs
+from ldmscale.family import UNetSpec, count_gflops, unet_inputs
 from ldmscale.surgery import SurgeryError, grow_unet, init_from, load_unet
 
-BASE = UNetSpec(c=8, context_dim=16, context_len=6, latent_channels=4, latent_size=8,
-                layers_per_block=1)  # fmt: skip
+BASE = surgery_base_spec()
 
 
 @pytest.fixture(scope="module")
-def parent() -> torch.nn.Module:
-    """A tiny UNet with every weight random (no zero-initialised layer hides a mistake)."""
-    torch.manual_seed(0)
-    unet = build_unet(BASE).eval()
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.copy_(torch.randn_like(p) * 0.2)
-    return unet
+def parent(random_parent_unet) -> torch.nn.Module:
+    return random_parent_unet
 
 
 def inputs(spec: UNetSpec, seed: int = 1):

@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import tiny_vae
 from ldmscale.config import Config, ConfigError
 from ldmscale.objectives import (
     OBJECTIVES,
@@ -49,7 +50,6 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory) -> dict[str, str]:
     """Random latent + embedding caches (cache format of ldmscale.cache) and a tiny VAE folder."""
-    from diffusers import AutoencoderKL
 
     root = tmp_path_factory.mktemp("train_caches")
     g = torch.Generator().manual_seed(0)
@@ -70,14 +70,11 @@ def caches(tmp_path_factory) -> dict[str, str]:
         metadata={"encoder_spec": json.dumps({"kind": "minilm", "path": None, "max_length": T})},
     )
     torch.manual_seed(0)
-    AutoencoderKL(
+    tiny_vae(
         block_out_channels=(8,),
         down_block_types=("DownEncoderBlock2D",),
         up_block_types=("UpDecoderBlock2D",),
         latent_channels=C,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=16,
     ).save_pretrained(root / "vae")
     return {
         "latents": str(root / "lat.safetensors"),
@@ -353,18 +350,9 @@ def test_cli_config_with_init_from_teacher_and_objective_options(tmp_path, cache
 
 def test_train_from_dataset_builds_caches(tmp_path, tiny_shapes):
     """data + vae + text_encoder instead of cache files: ldmscale.cache builds them."""
-    from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    AutoencoderKL(
-        block_out_channels=(8, 8),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=C,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=16,
-    ).save_pretrained(tmp_path / "vae")
+    tiny_vae(block_out_channels=(8, 8), latent_channels=C).save_pretrained(tmp_path / "vae")
     cfg = TrainConfig(
         run_dir=str(tmp_path / "run"),
         c=8,

@@ -39,6 +39,7 @@ import json
 import math
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,29 +177,19 @@ def generate(
     if batch_size < 1:
         raise SamplingError(f"batch_size must be >= 1, got {batch_size}")
     start = time.perf_counter()
-    n_batches = math.ceil(len(prompts) / batch_size)
-    latents_out: list[torch.Tensor] = []
-    images_out: list[np.ndarray] = []
     embedded = takes_guidance_embedding(model.unet)
     per_step = cost.evaluations_per_step(cfg.guidance, embedded)
     with torch.inference_mode():
         null = model.encode_prompts([""]) if per_step == 2 else None
-        bar = tqdm(
-            total=n_batches * cfg.steps,
-            desc=f"sampling {cfg.name} x{cfg.steps}",
-            unit="step",
-            disable=not progress,
-        )
-        for b0 in range(0, len(prompts), batch_size):
-            latents = _sample_batch(
-                model, prompts[b0 : b0 + batch_size], seeds[b0 : b0 + batch_size], cfg, null, bar
-            )
-            latents_out.append(latents.float().cpu())
-            images_out.append(decode_latents(model, latents))
-        bar.close()
+
+    def batch(sl: slice, bar: tqdm) -> torch.Tensor:
+        return _sample_batch(model, prompts[sl], seeds[sl], cfg, null, bar)
+
+    desc = f"sampling {cfg.name} x{cfg.steps}"
+    latents, images = run_batches(model, len(prompts), batch_size, cfg.steps, desc, batch, progress)
     return SampleResult(
-        images=np.concatenate(images_out),
-        latents=torch.cat(latents_out),
+        images=images,
+        latents=latents,
         prompts=prompts,
         seeds=seeds,
         config=cfg,
@@ -219,6 +210,32 @@ def generate(
         },
         evaluations_per_step=per_step,
     )
+
+
+def run_batches(
+    model: DiffusionModel,
+    n: int,
+    batch_size: int,
+    steps: int,
+    desc: str,
+    sample_batch: Callable[[slice, tqdm], torch.Tensor],
+    progress: bool = True,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Run ``sample_batch(images slice, bar) -> final latents`` over ``n`` images in batches
+    of ``batch_size`` under one ``steps``-per-batch progress bar, and decode each batch.
+    Returns ``(latents float32 [n, C, h, w] on the CPU, images uint8 [n, H, W, 3])``."""
+    latents_out: list[torch.Tensor] = []
+    images_out: list[np.ndarray] = []
+    bar = tqdm(
+        total=math.ceil(n / batch_size) * steps, desc=desc, unit="step", disable=not progress
+    )
+    with torch.inference_mode():
+        for b0 in range(0, n, batch_size):
+            latents = sample_batch(slice(b0, b0 + batch_size), bar)
+            latents_out.append(latents.float().cpu())
+            images_out.append(decode_latents(model, latents))
+    bar.close()
+    return torch.cat(latents_out), np.concatenate(images_out)
 
 
 def _sample_batch(

@@ -15,7 +15,6 @@ SR model folder (``task = "sr"``, its ``ldmscale_model.json`` ``sr`` entry:
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -30,7 +29,7 @@ from ldmscale.sampling import (
     SamplerConfig,
     SampleResult,
     SamplingError,
-    decode_latents,
+    run_batches,
     sample_loop,
 )
 
@@ -83,25 +82,15 @@ def upscale(
         raise SamplingError(f"{len(prompts)} prompts for {len(seeds)} LR images")
     low_res = DDPMScheduler(**sr["low_res_schedule"])
     start = time.perf_counter()
-    latents_out, images_out = [], []
-    bar = tqdm(
-        total=math.ceil(len(seeds) / batch_size) * cfg.steps,
-        desc=f"upscaling {cfg.name} x{cfg.steps}",
-        unit="step",
-        disable=not progress,
-    )
-    with torch.inference_mode():
-        for b0 in range(0, len(seeds), batch_size):
-            sl = slice(b0, b0 + batch_size)
-            latents = _upscale_batch(
-                model, lr[sl], seeds[sl], prompts[sl], cfg, level, low_res, bar
-            )
-            latents_out.append(latents.float().cpu())
-            images_out.append(decode_latents(model, latents))
-    bar.close()
+
+    def batch(sl: slice, bar: tqdm) -> torch.Tensor:
+        return _upscale_batch(model, lr[sl], seeds[sl], prompts[sl], cfg, level, low_res, bar)
+
+    desc = f"upscaling {cfg.name} x{cfg.steps}"
+    latents, images = run_batches(model, len(seeds), batch_size, cfg.steps, desc, batch, progress)
     return SampleResult(
-        images=np.concatenate(images_out),
-        latents=torch.cat(latents_out),
+        images=images,
+        latents=latents,
         prompts=prompts,
         seeds=seeds,
         config=cfg,

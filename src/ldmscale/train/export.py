@@ -18,8 +18,8 @@ from ldmscale.family import UNetSpec
 from ldmscale.modelfolder import (
     ModelLoadError,
     ModelMeta,
+    ParentModel,
     SRMeta,
-    parent_of,
     read_model_meta,
     write_model_folder,
 )
@@ -71,6 +71,7 @@ def export_model(
     *,
     train_step: int | None = None,
     hints: ExportHints | None = None,
+    parent: ParentModel | None = None,
 ) -> Path:
     """Write the model folder of the contract (:func:`ldmscale.modelfolder.write_model_folder`):
     unet/ (EMA), vae/, scheduler/, the diffusers pipeline files, ldmscale_model.json.
@@ -78,7 +79,8 @@ def export_model(
     ``train_step`` (default ``cfg.steps``) is the step the weights belong to; the json gets
     :func:`training_state_keys` for it. ``hints`` (the objective's): the scheduler saved as
     ``scheduler/`` (default SD's DDPM with ``cfg.prediction_type``), the model's ``task`` and
-    a ``sampler_hint`` when there is one. ``parent`` records ``cfg.init_from``. The folder is
+    a ``sampler_hint`` when there is one. ``parent``: the ``init_from`` model as it was when
+    training started (:func:`ldmscale.train.loop.parent_record`). The folder is
     written atomically (a kill leaves the old folder or none); kept checkpoints (``train_step``
     given) get no pipeline files.
     """
@@ -99,7 +101,7 @@ def export_model(
         text_encoder=TextEncoderSpec.from_dict(text_encoder),
         scaling_factor=cond.scaling_factor,
         task=hints.task,
-        parent=parent_of(cfg.init_from) if cfg.init_from else None,
+        parent=parent,
         prediction_type=cfg.prediction_type,
         norm_cost=costs["norm_cost"],
         gflops_xla=costs["gflops_xla"],
@@ -124,6 +126,7 @@ def restore_past_evals(
     cond: Conditioning,
     costs: dict[str, float],
     hints: ExportHints | None = None,
+    parent: ParentModel | None = None,
 ) -> None:
     """On resume: re-export kept models of steps already trained whose folder is missing
     (deleted by hand), from the checkpoint of that step when it still exists; else warn."""
@@ -144,4 +147,6 @@ def restore_past_evals(
         from diffusers import UNet2DConditionModel
 
         ema_unet = UNet2DConditionModel.from_pretrained(ck / "unet_ema")
-        export_model(out, ema_unet, cfg, spec, cond, costs, train_step=step, hints=hints)
+        export_model(
+            out, ema_unet, cfg, spec, cond, costs, train_step=step, hints=hints, parent=parent
+        )

@@ -11,6 +11,7 @@ trained model to :mod:`ldmscale.surgery`.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -25,6 +26,8 @@ import torch
 from ldmscale.cache import Conditioning, load_conditioning, load_hr_images, resolve_cache_paths
 from ldmscale.config import ConfigError
 from ldmscale.family import OVERRIDE_FIELDS, UNetSpec, build_unet, model_costs
+from ldmscale.io import atomic_write_json
+from ldmscale.modelfolder import ParentModel, parent_of
 from ldmscale.objectives import Objective, SetupContext, build_objective
 from ldmscale.train.checkpoint import (
     find_resume_checkpoint,
@@ -43,7 +46,7 @@ from ldmscale.train.config import (
 from ldmscale.train.determinism import DataOrder, derive_seed, step_generator
 from ldmscale.train.ema import EMA
 from ldmscale.train.export import eval_dir, export_is_complete, export_model, restore_past_evals
-from ldmscale.train.rundir import LOG_FILE, append_line, claim_run_dir, trim_log
+from ldmscale.train.rundir import LOG_FILE, PARENT_FILE, append_line, claim_run_dir, trim_log
 
 
 def train(
@@ -93,7 +96,7 @@ def train(
     if run.is_main:
         export_model(
             run.run_dir / "model", run.ema.model, cfg, run.spec, run.cond, run.costs,
-            hints=run.objective.export_hints(),
+            hints=run.objective.export_hints(), parent=run.parent,
         )  # fmt: skip
     run.accelerator.wait_for_everyone()
     return run.run_dir
@@ -117,6 +120,7 @@ class _Run:
     lr_sched: Any
     costs: dict[str, float]
     eval_steps: set[int]
+    parent: ParentModel | None = None
     start_step: int = 0
     wall_offset: float = 0.0
     acc_loss: float = 0.0  # the log interval's summed loss and step count
@@ -213,7 +217,7 @@ def _export_kept(run: _Run, done: int) -> None:
         # Before this step's checkpoint: a kill in between redoes the step and the export.
         export_model(
             eval_dir(run.run_dir, done), run.ema.model, run.cfg, run.spec, run.cond, run.costs,
-            train_step=done, hints=run.objective.export_hints(),
+            train_step=done, hints=run.objective.export_hints(), parent=run.parent,
         )  # fmt: skip
 
 
@@ -350,6 +354,21 @@ def _model_spec(cfg: TrainConfig, cond: Conditioning, objective: Objective) -> U
     return spec.replace(**overrides)
 
 
+def parent_record(cfg: TrainConfig, fresh: bool, is_main: bool) -> ParentModel | None:
+    """The ``init_from`` parent as it was when training started: hashed once at a fresh start
+    and kept in ``<run>/parent.json``, which a resume reads (the parent folder may be gone by
+    then; a run started before that file existed resumes without one). Only the main
+    process, which exports, needs it; the others get None."""
+    if not cfg.init_from or not is_main:
+        return None
+    path = Path(cfg.run_dir) / PARENT_FILE
+    if fresh:
+        parent = parent_of(cfg.init_from)
+        atomic_write_json(path, parent.to_dict())
+        return parent
+    return ParentModel.from_dict(json.loads(path.read_text())) if path.is_file() else None
+
+
 def _setup(cfg: TrainConfig, overwrite: bool, progress: bool) -> _Run:
     """Everything before the first step: checks, run folder, data, objective, model, EMA,
     optimizer, LR schedule, the resume point, the objective's setup."""
@@ -403,6 +422,7 @@ def _setup(cfg: TrainConfig, overwrite: bool, progress: bool) -> _Run:
         unet, raw_unet, ema, optimizer, lr_sched,
         costs=model_costs(spec) if accelerator.is_main_process else {},
         eval_steps=eval_steps,
+        parent=parent_record(cfg, resume is None, accelerator.is_main_process),
         start_step=start_step,
         wall_offset=float(state.get("wall_time", 0.0)),
         acc_loss=float(state.get("log_accumulator", [0.0, 0])[0]),
@@ -410,6 +430,7 @@ def _setup(cfg: TrainConfig, overwrite: bool, progress: bool) -> _Run:
     )  # fmt: skip
     if run.is_main:
         past = sorted(s for s in eval_steps if s <= start_step)
-        restore_past_evals(run.run_dir, past, cfg, spec, cond, run.costs, objective.export_hints())
+        hints = objective.export_hints()
+        restore_past_evals(run.run_dir, past, cfg, spec, cond, run.costs, hints, run.parent)
     run.t0 = time.time()
     return run

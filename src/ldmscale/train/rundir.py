@@ -25,6 +25,8 @@ from ldmscale.train.config import RunMismatchError, TrainConfig
 CONFIG_FILE = "train_config.json"
 LOG_FILE = "log.jsonl"
 EVALS_DIR = "evals"
+#: The ``init_from`` parent as it was at the fresh start (path and weight hash).
+PARENT_FILE = "parent.json"
 
 
 def claim_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool) -> None:
@@ -34,7 +36,7 @@ def claim_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool) -> None:
     left at an ``omit_if_default`` default are absent from both, so a folder written before
     such a field existed still matches). ``overwrite`` deletes the run's outputs first."""
     cfg_file = run_dir / CONFIG_FILE
-    ours = (CONFIG_FILE, LOG_FILE, "checkpoints", "model", EVALS_DIR)
+    ours = (CONFIG_FILE, LOG_FILE, "checkpoints", "model", EVALS_DIR, PARENT_FILE)
     if overwrite:
         for name in ours:
             p = run_dir / name
