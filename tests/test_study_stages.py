@@ -114,3 +114,80 @@ def test_changed_fields_lists_dotted_leaves():
     old = {"a": {"b": 1, "c": [1, 2]}, "d": 3}
     new = {"a": {"b": 2, "c": [1, 2]}, "e": 4}
     assert changed_fields(old, new) == {"a.b": (1, 2), "d": (3, None), "e": (None, 4)}
+
+
+# A study task (ldmscale.study.tasks) defined here: one stage that writes a file, one report
+# section. The tests register this module under the name "toy".
+def _toy_stages(cfg):
+    from ldmscale.study import Stage
+
+    def run(run):
+        (run.cfg.root / "toy.txt").write_text(str(run.cfg.task_options["toy"]["n"]))
+
+    return [
+        Stage(
+            "toy",
+            lambda cfg: {"n": cfg.task_options["toy"]["n"]},
+            lambda run: (run.cfg.root / "toy.txt").is_file(),
+            run,
+        )
+    ]
+
+
+def _toy_report(run, figures):
+    return [f"<h2>Toy</h2><p>n = {run.cfg.task_options['toy']['n']}</p>"]
+
+
+def _toy_task():
+    from ldmscale.study.tasks import Task
+
+    return Task("toy", "a test task", (), _toy_stages, _toy_report, lambda preset: {"n": 3})
+
+
+@pytest.fixture
+def toy_task(monkeypatch):
+    import sys
+
+    from ldmscale.study import tasks
+
+    monkeypatch.setitem(tasks.TASK_MODULES, "toy", __name__)
+    monkeypatch.setattr(sys.modules[__name__], "TASK", _toy_task(), raising=False)
+    return tasks
+
+
+def test_a_task_adds_its_stages_before_the_report_and_runs_alone(tmp_path, toy_task):
+    from ldmscale.config import ConfigError
+    from ldmscale.study import run_study
+    from ldmscale.study.stages import default_stages
+
+    cfg = micro_study(tmp_path)
+    with pytest.raises(ConfigError, match="unknown study task"):
+        cfg.replace(tasks=("nope",))
+    with pytest.raises(ConfigError, match="not in tasks"):
+        cfg.replace(task_options={"toy": {"n": 1}})
+    assert "tasks" not in cfg.to_dict()  # no task: every existing config and key unchanged
+    toy = cfg.replace(tasks=("toy",), task_options={"toy": {"n": 5}})
+    names = [s.name for s in build_stages(toy)]
+    assert (
+        names[-2:] == ["toy", "report"] and names[:-2] == [s.name for s in build_stages(cfg)][:-1]
+    )
+    assert default_stages(cfg) == STAGES and default_stages(toy) == ("toy", "report")
+    assert type(toy).from_dict(toy.to_dict()) == toy
+    result = run_study(toy, progress=False, log=lambda s: None)
+    assert (toy.root / "toy.txt").read_text() == "5"
+    page = result.report.read_text()
+    assert "<h2>Toy</h2><p>n = 5</p>" in page
+    assert not (toy.root / "runs").exists()  # the task needs no text-to-image stage
+
+
+def test_cli_task_takes_the_task_defaults_for_the_preset(tmp_path, toy_task):
+    import argparse
+
+    from ldmscale.cli.study import resolve_config
+
+    args = argparse.Namespace(
+        config=None, preset="tiny", out=str(tmp_path), task=("toy",), data=None, metrics=None,
+        clip_model=None, print_config=False,
+    )  # fmt: skip
+    cfg = resolve_config(args)
+    assert cfg.tasks == ("toy",) and cfg.task_options == {"toy": {"n": 3}}

@@ -41,6 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the full shapes, 256 images per cell, ~2 h; small: (superseded) Inception FID; paper: "
         "the paper's protocol for a GPU cluster",
     )
+    p.add_argument(
+        "--task",
+        type=lambda s: tuple(t.strip() for t in s.split(",") if t.strip()),
+        help="comma-separated study tasks run on the preset's trained widths (their parents): "
+        "distill, sr, dreambooth (docs/study.md, 'Tasks'); runs the text-to-image stages they "
+        "need (reused when done), then their own; the task's options come from the preset",
+    )
     p.add_argument("--config", type=Path, help="a StudyConfig JSON/TOML file (replaces --preset)")
     p.add_argument("--out", help="study folder (default: the preset's, e.g. outputs/study-tiny)")
     p.add_argument(
@@ -86,6 +93,11 @@ def resolve_config(args: argparse.Namespace):
     cfg = StudyConfig.load(args.config) if args.config else preset(args.preset)
     if args.out:
         cfg = cfg.replace(out_dir=args.out)
+    if args.task:
+        from ldmscale.study.tasks import get_task
+
+        options = {t: get_task(t).options(cfg) for t in args.task}
+        cfg = cfg.replace(tasks=tuple(args.task), task_options=options)
     if args.data is not None:
         cfg = cfg.replace(data=str(args.data))
     if args.data is not None or args.metrics or args.clip_model:
@@ -95,7 +107,8 @@ def resolve_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ldmscale.study import STAGES, dry_run, run_study
+    from ldmscale.study import dry_run, run_study
+    from ldmscale.study.stages import default_stages
 
     cfg = resolve_config(args)
     if args.print_config:
@@ -104,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run(cfg))
         return 0
-    stages = STAGES
+    stages = default_stages(cfg)
     if args.stages:
         stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     result = run_study(cfg, stages=stages, progress=not args.no_progress)

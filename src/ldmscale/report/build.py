@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ldmscale.frontier import (
@@ -49,6 +49,7 @@ def build_report(
     source: RowSource | None = None,
     quality_setting: tuple[str, int, float] | None = None,
     n_boot: int = 200,
+    extra: Sequence[Callable[[Path], list[str]]] = (),
 ) -> Path:
     """Write the HTML report and its figures to ``out_dir`` (replaced atomically).
 
@@ -62,9 +63,13 @@ def build_report(
     the guidance is chosen / reported on (``"auto"``: the other stored set; None: the same
     images). source: where per-image rows come from for paired tests (default: the row
     cache each row's provenance names). quality_setting: Table 1's (sampler, steps, guidance).
+    extra: more sections (a study task's, :mod:`ldmscale.study.tasks`), each called with the
+    figures folder and returning HTML sections; with no rows the page has only these.
     Returns the path of ``index.html``.
     """
     rows = list(rows)
+    if not rows and extra:
+        return _extra_only(extra, Path(out_dir), title)
     if not rows:
         raise ReportError("no results rows: run the sweep first (`ldmscale sweep`)")
     metric = primary_metric or default_metric(rows)
@@ -95,7 +100,18 @@ def build_report(
             *_family_sections(rows, finals, curves_, a, family_table, quality_setting),
             *_figure_sections(rows, curves_, a, sampler, figs),
             *_samples_sections(grids, figs),
+            *(section for make in extra for section in make(figs)),
         ]
+        (tmp / "index.html").write_text(_page(title, parts), encoding="utf-8")
+    return out_dir / "index.html"
+
+
+def _extra_only(extra: Sequence[Callable[[Path], list[str]]], out_dir: Path, title: str) -> Path:
+    """A page of the ``extra`` sections alone (a task run without the text-to-image sweep)."""
+    with atomic_path(out_dir) as tmp:
+        figs = tmp / "figures"
+        figs.mkdir(parents=True)
+        parts = [section for make in extra for section in make(figs)]
         (tmp / "index.html").write_text(_page(title, parts), encoding="utf-8")
     return out_dir / "index.html"
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ldmscale.autoencoder import AutoencoderConfig
-from ldmscale.config import Config, ConfigError
+from ldmscale.config import Config, ConfigError, omit_if_default
 from ldmscale.sampling import SamplerConfig
 from ldmscale.sweep import SweepConfig
 from ldmscale.text import TextEncoderSpec
@@ -44,6 +45,10 @@ class StudyConfig(Config):
     train_workers: widths trained at once, each in its own process with one thread
         (:mod:`ldmscale.study.workers`); 1 trains them one after another in this process.
         Not a training input: the stage keys ignore it (the weights' last bits depend on it).
+    tasks: study tasks run on the trained widths after the text-to-image stages (``distill``,
+      ``sr``, ``dreambooth``: :mod:`ldmscale.study.tasks`); empty: text-to-image only.
+    task_options: per task, its options (a table its module checks; missing: the task's
+      defaults for ``preset``).
     """
 
     out_dir: str = "outputs/study"
@@ -68,6 +73,8 @@ class StudyConfig(Config):
     primary_metric: str | None = None
     paper_table: bool = True
     train_workers: int = 1
+    tasks: tuple[str, ...] = omit_if_default(())
+    task_options: dict[str, dict[str, Any]] = omit_if_default(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.widths:
@@ -76,6 +83,15 @@ class StudyConfig(Config):
             raise ConfigError(
                 f"StudyConfig.train_workers must be >= 1 (1: widths one after another in this "
                 f"process), got {self.train_workers}"
+            )
+        from ldmscale.study.tasks import check_task_names
+
+        check_task_names(self.tasks)
+        extra = sorted(set(self.task_options) - set(self.tasks))
+        if extra:
+            raise ConfigError(
+                f"StudyConfig.task_options has options for {extra}, which are not in tasks "
+                f"{list(self.tasks)}: add them to tasks or remove their options"
             )
         if len(set(self.widths)) != len(self.widths):
             raise ConfigError(f"StudyConfig.widths has duplicates: {list(self.widths)}")

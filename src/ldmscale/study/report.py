@@ -8,6 +8,7 @@ metric set or N do not enter it. The primary metric's note comes from the metric
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 from ldmscale.io import atomic_write_json
@@ -20,9 +21,10 @@ def study_report(run: StudyRun) -> tuple[Path, str]:
     from ldmscale.frontier import Comparer, budget_verdicts, default_metric, optimal_guidance
     from ldmscale.paired import RowSource
     from ldmscale.report import build_report, load_sample_grids
+    from ldmscale.study.tasks import tasks_of
 
     cfg = run.cfg
-    rows = run.study_rows()
+    rows = run.study_rows() if Path(run.sweep_cfg.store).is_file() else []
     grids = []
     for folder in run.result.samples or [cfg.root / "samples"]:
         if folder.exists():
@@ -46,7 +48,10 @@ def study_report(run: StudyRun) -> tuple[Path, str]:
         title=f"ldmscale study ({cfg.preset})",
         primary_metric=cfg.primary_metric,
         source=source,
+        extra=[partial(task.report, run) for task in tasks_of(cfg) if task.report],
     )
+    if not rows:  # a task run without the text-to-image sweep: no verdict of its own
+        return path, ""
     metric = cfg.primary_metric or default_metric(rows)
     fresh = CONFIRM_SEED0 if any(int(r.get("seed0") or 0) == CONFIRM_SEED0 for r in rows) else None
     points = optimal_guidance(rows, metric, report_seed0=fresh)

@@ -20,7 +20,7 @@ from ldmscale.study.config import StudyConfig
 from ldmscale.study.context import StudyResult, StudyRun
 from ldmscale.study.data import check_study_metrics
 from ldmscale.study.record import LEGACY_FILE, StageRecords
-from ldmscale.study.stages import STAGES, Stage, build_stages
+from ldmscale.study.stages import Stage, build_stages, default_stages
 
 
 def preflight(cfg: StudyConfig, stages: list[Stage]) -> StageRecords:
@@ -63,21 +63,24 @@ def _train_pending_in_workers(run: StudyRun, every: list[Stage], records: StageR
 
 def run_study(
     cfg: StudyConfig,
-    stages: tuple[str, ...] = STAGES,
+    stages: tuple[str, ...] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> StudyResult:
     """Run (or resume) the study ``cfg``; returns where everything was written.
 
     ``stages`` restricts the run to those stages (later stages need earlier outputs, which are
-    reused when present). ``progress`` False draws no progress bar at all, the libraries'
+    reused when present); None: :func:`~ldmscale.study.stages.default_stages` (every
+    text-to-image stage, or with ``cfg.tasks`` the stages the tasks need and their own). ``progress`` False draws no progress bar at all, the libraries'
     weight-loading bars included. ``log`` receives one line per stage and a few per step.
     """
-    unknown = sorted(set(stages) - set(STAGES))
-    if unknown:
-        raise ConfigError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
-    cfg.root.mkdir(parents=True, exist_ok=True)
     every = build_stages(cfg)
+    names = list(dict.fromkeys(s.name for s in every))
+    stages = default_stages(cfg) if stages is None else stages
+    unknown = sorted(set(stages) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; stages are {names}")
+    cfg.root.mkdir(parents=True, exist_ok=True)
     records = preflight(cfg, every)
     result = StudyResult(
         out_dir=cfg.root,

@@ -296,8 +296,11 @@ def _report_run(run: StudyRun) -> None:
 
 
 def build_stages(cfg: StudyConfig) -> list[Stage]:
-    """The study's stages in run order, one training unit per width."""
-    return [
+    """The study's stages in run order, one training unit per width; the tasks' stages
+    (:mod:`ldmscale.study.tasks`) come after the floors, the report last."""
+    from ldmscale.study.tasks import tasks_of
+
+    t2i = [
         Stage("data", data_inputs, _data_done, _data_run, outputs=_owned_data),
         Stage(
             "autoencoder",
@@ -337,8 +340,24 @@ def build_stages(cfg: StudyConfig) -> list[Stage]:
             never,
             _floors_run,
         ),
-        Stage("report", _report_inputs, never, _report_run),
     ]
+    for task in tasks_of(cfg):
+        t2i += task.stages(cfg)
+    return [*t2i, Stage("report", _report_inputs, never, _report_run)]
+
+
+def default_stages(cfg: StudyConfig) -> tuple[str, ...]:
+    """The stages a run without ``--stages`` runs: every text-to-image stage, or with tasks
+    the ones they need, their own and the report."""
+    from ldmscale.study.tasks import tasks_of
+
+    tasks = tasks_of(cfg)
+    if not tasks:
+        return STAGES
+    names: list[str] = []
+    for task in tasks:
+        names += [*task.needs, *task.stage_names(cfg)]
+    return tuple(dict.fromkeys([*names, "report"]))
 
 
 def _owned_data(cfg: StudyConfig) -> Path | None:
