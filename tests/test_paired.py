@@ -113,3 +113,22 @@ def test_compare_rows_paired_and_fallbacks():
     assert pt.method == "point" and pt.outcome == "a"
     text = describe_methods([got, weak, pt])
     assert "1 by paired bootstrap" in text and "1 by CI overlap" in text and "weaker" in text
+
+
+def test_row_source_finds_a_relative_reference_dataset_beside_the_rows(tmp_path, monkeypatch):
+    """A study stores its dataset path relative to the folder it ran from; from another folder
+    the row source looks it up under the parents of the rows folder."""
+    from ldmscale.paired import RowSource
+
+    (tmp_path / "outputs" / "study" / "data" / "shapes").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    protocol = {"reference": {"dataset": "outputs/study/data/shapes", "split": "validation"}}
+    source = RowSource(tmp_path / "outputs" / "study" / "rows")
+    monkeypatch.chdir(tmp_path)
+    assert source._located(protocol) == protocol  # found from here: unchanged
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    found = source._located(protocol)["reference"]
+    assert found["dataset"] == str((tmp_path / "outputs/study/data/shapes").resolve())
+    assert found["split"] == "validation"
+    missing = {"reference": {"dataset": "outputs/other/data"}}
+    assert source._located(missing) == missing  # nowhere: left for the caller's error

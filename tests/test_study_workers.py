@@ -28,6 +28,8 @@ def test_workers_train_the_same_weights_as_one_process(tmp_path):
     lines: list[str] = []
     run_study(parallel, stages=("data", "autoencoder", "train"), progress=False, log=lines.append)
     assert any("2 at a time" in line for line in lines), lines
+    trained = [line for line in lines if "trained (in a worker)" in line]
+    assert len(trained) == len(parallel.widths), lines  # not "complete, reused"
     for c in serial.widths:
         assert (parallel.run_dir(c) / CHILD_LOG).is_file()
         assert _weights(parallel.run_dir(c)) == _weights(serial.run_dir(c))

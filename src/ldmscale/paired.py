@@ -232,7 +232,7 @@ class RowSource:
             from ldmscale.sweep import metric_statistic
         except ImportError:
             metric_statistic = None
-        protocol = row.get("protocol") or {}
+        protocol = self._located(row.get("protocol") or {})
         if metric_statistic is not None:
             try:
                 stat = metric_statistic(metric, protocol)
@@ -246,6 +246,22 @@ class RowSource:
         if metric in ("alignment", "clip_score"):
             return lambda r: float(np.mean(r))
         return None
+
+    def _located(self, protocol: dict) -> dict:
+        """``protocol`` with a relative reference dataset that is not found from here found
+        beside the rows instead: a study stores its dataset relative to the folder it ran from
+        (``outputs/study-tiny/data/shapes``), so from any other folder it is looked up under
+        each parent of ``rows_dir`` (``<study>/rows``)."""
+        ref = protocol.get("reference") or {}
+        dataset = ref.get("dataset")
+        if not dataset or Path(dataset).is_absolute() or Path(dataset).exists():
+            return protocol
+        if self.rows_dir is None:
+            return protocol
+        for parent in self.rows_dir.resolve().parents:
+            if (parent / dataset).exists():
+                return {**protocol, "reference": {**ref, "dataset": str(parent / dataset)}}
+        return protocol
 
 
 def _seed_prefix_ok(row_a: dict, row_b: dict, n: int) -> bool:

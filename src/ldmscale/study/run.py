@@ -39,15 +39,16 @@ def preflight(cfg: StudyConfig, stages: list[Stage]) -> StageRecords:
     return records
 
 
-def _train_pending_in_workers(run: StudyRun, every: list[Stage], records: StageRecords) -> None:
+def _train_pending_in_workers(run: StudyRun, every: list[Stage], records: StageRecords) -> set[str]:
     """Train every width not yet trained at once, ``cfg.train_workers`` processes at a time
-    (:mod:`ldmscale.study.workers`); the loop then finds their stages done."""
+    (:mod:`ldmscale.study.workers`); the loop then finds their stages done. Returns the ids
+    of the stages trained."""
     from ldmscale.study.workers import train_in_workers
 
     cfg = run.cfg
     pending = [s for s in every if s.name == "train" and not s.is_done(run)]
     if not pending:
-        return
+        return set()
     for stage in pending:
         records.record(stage, cfg)  # owned: recorded before its folder is written
     widths = [int(s.unit[1:]) for s in pending]
@@ -59,6 +60,7 @@ def _train_pending_in_workers(run: StudyRun, every: list[Stage], records: StageR
     train_in_workers(
         [cfg.train_config(c) for c in widths], cfg.train_workers, 1, run.progress, run.log
     )
+    return {s.id for s in pending}
 
 
 def run_study(
@@ -93,6 +95,7 @@ def run_study(
         timings={},
     )
     run = StudyRun(cfg, progress, log, result)
+    in_workers: set[str] = set()
     with progress_bars(progress):
         for stage in every:
             if stage.name not in stages:
@@ -100,9 +103,11 @@ def run_study(
             if stage.name not in result.timings:
                 log(f"[study] {stage.name} ...")
             t0 = time.perf_counter()
-            if stage.name == "train" and cfg.train_workers > 1:
-                _train_pending_in_workers(run, every, records)
-            if stage.is_done(run):
+            if stage.name == "train" and cfg.train_workers > 1 and not in_workers:
+                in_workers = _train_pending_in_workers(run, every, records) or {""}
+            if stage.id in in_workers:
+                log(f"[study]   {stage.id}: trained (in a worker)")
+            elif stage.is_done(run):
                 log(f"[study]   {stage.id}: complete, reused")
             else:
                 if stage.outputs is not None:  # owned: recorded before its folder is written
