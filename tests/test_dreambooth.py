@@ -1,0 +1,208 @@
+"""DreamBooth: the shapes subject and its probe, the objective, the recipe's checks, and (slow,
+on the tiny study's trained parents when present) that the subject is learnt at held-out
+positions and that prior preservation lowers leakage."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ldmscale.config import ConfigError
+from ldmscale.data.shapes import make_example
+from ldmscale.data.subject import PLACEHOLDER, heldout_rings, write_subject
+from ldmscale.dreambooth import (
+    DreamBoothConfig,
+    DreamBoothError,
+    check_identifier_rare,
+    read_subject,
+)
+from ldmscale.metrics.subject import leak_hits, ring_map, subject_hits
+
+CLASS = "a large purple circle at the top left"
+
+
+# ----------------------------------------------------------------------------- subject
+
+
+def test_subject_probe_separates_rings_from_every_ordinary_shape():
+    rings, positions = heldout_rings(64)
+    assert subject_hits(rings, positions).all()
+    assert ring_map(rings).sum(1).tolist() == [1] * 64  # one ring, in its own quadrant
+    ordinary = np.stack([np.asarray(make_example(0, "validation", i, 32)[0]) for i in range(400)])
+    assert not leak_hits(ordinary).any()  # no disc, square, triangle or cross reads as a ring
+    blank = np.full((2, 32, 32, 3), 255, np.uint8)
+    assert not leak_hits(blank).any()
+
+
+def test_subject_folder_has_the_placeholder_captions_and_training_positions(tmp_path):
+    root = write_subject(tmp_path / "s", n=4)
+    rows = [json.loads(line) for line in (root / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(PLACEHOLDER in r["text"] for r in rows)
+    info = json.loads((root / "subject.json").read_text())
+    train_pos = {r["attributes"]["objects"][0]["position"] for r in rows}
+    assert train_pos == set(info["train_positions"])
+    assert not train_pos & set(info["heldout_positions"])
+    images = np.stack([np.asarray(Image.open(root / r["file_name"])) for r in rows])
+    assert subject_hits(images, [r["attributes"]["objects"][0]["position"] for r in rows]).all()
+    # Without the identifier a caption is an ordinary shapes caption: the class prompt.
+    from ldmscale.data.shapes import caption_for
+
+    for r in rows:
+        assert r["text"].replace(f" {PLACEHOLDER}", "") == caption_for(r["attributes"]["objects"])
+    with pytest.raises(ValueError, match="3-8"):
+        write_subject(tmp_path / "one", n=1)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_a_subject_folder_with_one_image_is_refused_naming_the_fix(tmp_path):
+    root = write_subject(tmp_path / "s", n=3)
+    for p in sorted(root.glob("*.png"))[1:]:
+        p.unlink()
+    with pytest.raises(DreamBoothError, match=r"holds 1 image.*add images"):
+        read_subject(root, "sks")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for i in range(3):
+        (plain / f"{i}.png").write_bytes((root / "00000.png").read_bytes())
+    with pytest.raises(DreamBoothError, match="--instance-prompt"):
+        read_subject(plain, "sks")
+    rows = read_subject(plain, "sks", instance_prompt="a {identifier} circle")
+    assert [c for _, c in rows] == ["a sks circle"] * 3
+
+
+def test_a_missing_class_prompt_is_refused_naming_the_flag():
+    with pytest.raises(ConfigError, match="--class-prompt"):
+        DreamBoothConfig(model="m", subject="s", identifier="sks", out="o")
+    with pytest.raises(ConfigError, match="rare word"):
+        DreamBoothConfig(model="m", subject="s", identifier=" ", out="o", class_prompts=(CLASS,))
+
+
+def test_an_identifier_from_the_training_captions_is_refused():
+    from transformers import AutoTokenizer
+
+    from ldmscale.text import minilm_path
+
+    tokenize = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True).tokenize
+    captions = [make_example(0, "train", i, 32)[1] for i in range(200)]
+    check_identifier_rare("sks", captions, tokenize)  # rare: no error
+    with pytest.raises(DreamBoothError, match=r"not rare.*\['purple'\].*'sks'"):
+        check_identifier_rare("purple", captions, tokenize)
+
+
+def test_cli_reports_the_missing_class_prompt(tmp_path, capsys):
+    from ldmscale.cli import main
+
+    rc = main(["dreambooth", "--model", "m", "--subject", "s", "--identifier", "sks",
+               "--out", str(tmp_path / "o")])  # fmt: skip
+    assert rc == 2 and "--class-prompt" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- objective
+
+
+def _cfg(**options):
+    from ldmscale.train import TrainConfig
+
+    return TrainConfig(objective="dreambooth", objective_options=options, caption_dropout=0.0)
+
+
+def test_objective_reads_its_options_and_refuses_unknown_ones():
+    from ldmscale.objectives import DreamBooth, build_objective
+
+    obj = build_objective(_cfg(prior_weight=0.5, prior_batch=2))
+    assert isinstance(obj, DreamBooth) and obj.options.prior_weight == 0.5
+    with pytest.raises(ConfigError, match="valid|unknown|prior_wieght"):
+        build_objective(_cfg(prior_wieght=1.0))
+    with pytest.raises(ConfigError, match="prior_weight"):
+        build_objective(_cfg(prior_weight=-1.0))
+
+
+def test_loss_is_instance_plus_weighted_prior_in_a_fixed_draw_order(random_parent_unet):
+    """loss = t2i(instance) + lambda t2i(prior rows drawn first from the generator)."""
+    from ldmscale.objectives import build_objective
+
+    unet = random_parent_unet
+    c, s = unet.config.in_channels, unet.config.sample_size
+    ctx = unet.config.cross_attention_dim
+    g = torch.Generator().manual_seed(0)
+
+    def rows(n):
+        return {"latent_mean": torch.randn(n, c, s, s, generator=g),
+                "latent_std": torch.rand(n, c, s, s, generator=g) * 0.1,
+                "embeddings": torch.randn(n, 4, ctx, generator=g)}  # fmt: skip
+
+    inst, prior = rows(2), rows(5)
+    obj = build_objective(_cfg(prior="p", prior_weight=0.7, prior_batch=3))
+    obj.t2i.null_embedding, obj.t2i.scaling_factor = torch.zeros(1, 4, ctx), 0.5
+    obj.prior_rows = prior
+    with torch.no_grad():
+        loss = obj.loss(unet, inst, torch.Generator().manual_seed(5))
+        gen = torch.Generator().manual_seed(5)
+        idx = torch.randint(0, 5, (3,), generator=gen)
+        expect = obj.t2i.loss(unet, inst, gen) + 0.7 * obj.t2i.loss(
+            unet, {k: v[idx] for k, v in prior.items()}, gen
+        )
+        alone = obj.t2i.loss(unet, inst, torch.Generator().manual_seed(5))
+    assert torch.allclose(loss, expect) and not torch.allclose(loss, alone)
+    obj.options.prior_weight = 0.0  # weight 0 = the ablation: the instance term alone
+    with torch.no_grad():
+        assert torch.allclose(obj.loss(unet, inst, torch.Generator().manual_seed(5)), alone)
+
+
+@pytest.fixture(scope="module")
+def tiny_parent(tmp_path_factory, tiny_sd_dir):
+    from conftest import make_tiny_ldmscale_model
+    from ldmscale.data.shapes import generate_shapes
+
+    root = tmp_path_factory.mktemp("db_parent")
+    model = make_tiny_ldmscale_model(root, tiny_sd_dir)
+    data = generate_shapes(root / "shapes", n_train=16, n_val=4, resolution=16, seed=0)
+    subject = write_subject(root / "subject", n=3, resolution=16)
+    return model, data, subject
+
+
+def test_dreambooth_fine_tunes_resumes_and_exports_a_child_model(tiny_parent, tmp_path):
+    from ldmscale.dreambooth import dreambooth
+    from ldmscale.modelfolder import read_model_meta
+
+    model, data, subject = tiny_parent
+    cfg = DreamBoothConfig(
+        # The tiny CLIP tokenizer splits words into letters: "sks" shares 's' with the captions
+        # (refused, rightly); "zxv" uses letters no shapes caption has.
+        model=str(model), subject=str(subject), identifier="zxv", out=str(tmp_path / "run"),
+        class_prompts=(CLASS,), train_data=str(data), steps=4, checkpoint_every=2,
+        prior_images=4, prior_batch=2,
+        prior_sampler={"name": "ddim", "steps": 2, "guidance": 1.0},
+    )  # fmt: skip
+    out = dreambooth(cfg, progress=False)
+    meta = read_model_meta(out)
+    assert meta.parent is not None and meta.train_config["objective"] == "dreambooth"
+    assert meta.train_config["ema_decay"] == 0.0 and meta.train_config["caption_dropout"] == 0.0
+    captions = (tmp_path / "run" / "instance" / "train" / "metadata.jsonl").read_text()
+    assert "zxv circle" in captions and PLACEHOLDER not in captions
+    assert len(list((tmp_path / "run" / "prior" / "train").glob("*.png"))) == 4
+    weights = (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    # A rerun finds the run done (a resume at its last checkpoint) and keeps the prior images.
+    stamp = (tmp_path / "run" / "prior" / "key.json").stat().st_mtime_ns
+    dreambooth(cfg.replace(steps=4), progress=False)  # same config: a no-op resume
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == weights
+    assert (tmp_path / "run" / "prior" / "key.json").stat().st_mtime_ns == stamp
+    with pytest.raises(DreamBoothError, match="not rare"):
+        dreambooth(cfg.replace(identifier="circle"), progress=False)
+
+
+# ----------------------------------------------------------------------------- learning (slow)
+
+STUDY = Path(os.environ.get("LDMSCALE_TINY_STUDY", "/work/runs/tiny5/outputs/study-tiny"))
+needs_study = pytest.mark.skipif(
+    not (STUDY / "runs" / "c32" / "model").is_dir(),
+    reason=f"needs the tiny study's trained parents (set LDMSCALE_TINY_STUDY; {STUDY} absent)",
+)
