@@ -206,3 +206,144 @@ needs_study = pytest.mark.skipif(
     not (STUDY / "runs" / "c32" / "model").is_dir(),
     reason=f"needs the tiny study's trained parents (set LDMSCALE_TINY_STUDY; {STUDY} absent)",
 )
+
+
+def test_learning_is_measured_per_image_and_paired(tmp_path):
+    """The study task's readings: rates with CIs, paired differences, Fig. 6 and the verdicts."""
+    from ldmscale.report.dreambooth import dreambooth_sections
+    from ldmscale.study.task_dreambooth import paired_readings
+
+    rings, positions = heldout_rings(8)
+    discs = np.stack([np.asarray(make_example(0, "validation", i, 32)[0]) for i in range(8)])
+    rng = np.random.default_rng(0)
+    for c, p_subject in ((8, 0.2), (32, 0.9)):
+        hits = {}
+        for model, ps, leak in (
+            ("parent", 0.0, 0.0),
+            ("prior", p_subject, 0.05),
+            ("ablation", p_subject, 0.6),
+        ):
+            hits |= {
+                f"{model}/subject": rng.random(64) < ps, f"{model}/prompt": rng.random(64) < ps,
+                f"{model}/leak": rng.random(128) < leak, f"{model}/general": rng.random(64) < 0.7,
+            }  # fmt: skip
+        from ldmscale.metrics.dreambooth import summarize
+
+        models = {m: summarize({k.split("/")[1]: v for k, v in hits.items() if k.startswith(m)}, 200)
+                  for m in ("parent", "prior", "ablation")}  # fmt: skip
+        paired = paired_readings(hits, 200)
+        assert paired["leak_prior_minus_ablation"]["high"] < 0  # the planted drop is found
+        assert paired["subject_gain"]["low"] > 0
+        out = tmp_path / f"c{c}"
+        out.mkdir()
+        np.savez(out / "hits.npz", **hits)
+        np.savez(out / "grid.npz", subject=np.concatenate([rings[:4], discs[:4]]))
+        result = {"width": c, "options": {"steps": 1, "lr": 1.0, "n_subject": 5, "identifier": "sks",
+                  "prior_images": 4, "prior_weight": 1.0}, "models": models, "paired": paired,
+                  "sampling_cost": 0.1 * c}  # fmt: skip
+        (out / "result.json").write_text(json.dumps(result))
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    html = "".join(dreambooth_sections(tmp_path, (8, 16, 32), figures))
+    assert (figures / "fig6_dreambooth.png").is_file()
+    assert "subject fidelity grows from c=8 to c=32" in html
+    assert html.count("<tr>") == 3  # header + the two widths with results
+
+
+def test_feature_similarity_is_the_cosine_to_the_subject_centre():
+    from ldmscale.metrics.dreambooth import feature_similarity
+
+    subject = np.array([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    samples = np.array([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    assert np.allclose(feature_similarity(samples, subject), [1.0, 0.0, np.sqrt(0.5)])
+
+
+def test_a_users_subject_folder_is_scored_by_features_and_clip(
+    tiny_parent, tiny_clip_model_dir, tmp_path
+):
+    from ldmscale.dreambooth import dreambooth
+    from ldmscale.metrics.dreambooth import score_subject_folder
+    from ldmscale.sampling import SamplerConfig
+
+    model, data, subject = tiny_parent
+    plain = tmp_path / "photos"  # any images, no captions: the instance prompt names them
+    plain.mkdir()
+    for p in sorted(subject.glob("*.png")):
+        (plain / p.name).write_bytes(p.read_bytes())
+    cfg = DreamBoothConfig(
+        model=str(model), subject=str(plain), identifier="zxv", out=str(tmp_path / "run"),
+        class_prompts=("a circle",), instance_prompt="a {identifier} circle",
+        train_data=str(data), steps=2, prior_images=0,
+    )  # fmt: skip
+    out = dreambooth(cfg, progress=False)
+    scores = score_subject_folder(
+        str(out), str(plain), ["a {identifier} circle"], "zxv", n_per_prompt=3,
+        sampler=SamplerConfig("ddim", 2, 1.0), clip_model=str(tiny_clip_model_dir), n_boot=50,
+    )  # fmt: skip
+    assert scores["n"] == 3 and scores["network"] == "clip"
+    for key in ("similarity", "clip_score"):
+        assert -1.0 <= scores[key]["low"] <= scores[key]["mean"] <= scores[key]["high"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def learnt(tmp_path_factory):
+    """The tiny study's c16 parent fine-tuned on the ring with and without the prior (short
+    runs), and the three models' per-image hits on the same prompts and seeds."""
+    from ldmscale.data.subject import SUBJECT
+    from ldmscale.dreambooth import dreambooth
+    from ldmscale.metrics.dreambooth import evaluate_shapes, shapes_prompt_sets
+    from ldmscale.metrics.probe import probe_for_dataset
+    from ldmscale.model import load_model
+    from ldmscale.sampling import SamplerConfig
+
+    tmp = tmp_path_factory.mktemp("learnt")
+    subject = write_subject(tmp / "subject", n=5)
+    info = json.loads((subject / "subject.json").read_text())
+    parent = STUDY / "runs" / "c16" / "model"
+    cfg = DreamBoothConfig(
+        model=str(parent), subject=str(subject), identifier="sks", out=str(tmp / "prior"),
+        class_prompts=tuple(info["class_prompts"]), train_data=str(STUDY / "data" / "shapes"),
+        steps=LEARN_STEPS, prior_images=16,
+    )  # fmt: skip
+    models = {
+        "parent": parent,
+        "prior": dreambooth(cfg, progress=False),
+        "ablation": dreambooth(cfg.replace(out=str(tmp / "ablation"), prior_images=0), False),
+    }
+    sets = shapes_prompt_sets(info, [], n_per_prompt=16)
+    probe = probe_for_dataset(STUDY / "data" / "shapes", progress=False)
+    sampler = SamplerConfig("ddim", 16, 2.0, "trailing")
+    return {
+        name: evaluate_shapes(load_model(m), sets, "sks", probe, sampler, SUBJECT)[0]
+        for name, m in models.items()
+    }
+
+
+#: Calibrated once on the tiny study's c16 parent (docs/dreambooth.md), then frozen.
+LEARN_STEPS = 80
+SUBJECT_GAIN_MIN = 0.2
+
+
+@pytest.mark.slow
+@needs_study
+def test_subject_rate_at_heldout_prompts_rises_from_near_zero(learnt):
+    from ldmscale.paired import paired_difference
+
+    assert learnt["parent"]["subject"].mean() <= 0.05
+    gain = paired_difference(
+        learnt["prior"]["subject"].astype(float), learnt["parent"]["subject"].astype(float),
+        np.mean, n_boot=1000, direction="max",
+    )  # fmt: skip
+    assert gain.lo > SUBJECT_GAIN_MIN, gain
+
+
+@pytest.mark.slow
+@needs_study
+def test_prior_preservation_lowers_leakage_against_the_ablation(learnt):
+    from ldmscale.paired import paired_difference
+
+    drop = paired_difference(
+        learnt["prior"]["leak"].astype(float), learnt["ablation"]["leak"].astype(float),
+        np.mean, n_boot=1000, direction="min",
+    )  # fmt: skip
+    assert drop.hi < 0, drop

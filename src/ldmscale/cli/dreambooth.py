@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ldmscale.dreambooth import DreamBoothConfig, dreambooth
 
@@ -41,6 +42,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prior-weight", type=float, default=d["prior_weight"].default)
     p.add_argument("--prior-batch", type=int, default=d["prior_batch"].default)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--eval-prompt", action="append", default=[],
+        help="after training, sample this prompt (with {identifier}) and score subject "
+        "fidelity against the subject images (repeatable); writes <out>/eval.json",
+    )  # fmt: skip
+    p.add_argument("--eval-n", type=int, default=8, help="images per --eval-prompt")
+    p.add_argument(
+        "--clip-model", help="local CLIP folder: CLIP image features for subject fidelity and "
+        "CLIP score for prompt fidelity (default: EfficientNet-Lite0 features, no CLIP score)",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run)
 
@@ -54,5 +65,16 @@ def _run(args: argparse.Namespace) -> int:
         prior_weight=args.prior_weight, prior_batch=args.prior_batch, seed=args.seed,
     )  # fmt: skip
     model = dreambooth(cfg, progress=not args.no_progress)
-    print(json.dumps({"model": str(model)}))
+    out = {"model": str(model)}
+    if args.eval_prompt:
+        from ldmscale.io import atomic_write_json
+        from ldmscale.metrics.dreambooth import score_subject_folder
+
+        scores = score_subject_folder(
+            str(model), args.subject, args.eval_prompt, args.identifier, args.eval_n,
+            clip_model=args.clip_model,
+        )  # fmt: skip
+        atomic_write_json(Path(args.out) / "eval.json", scores)
+        out["eval"] = scores
+    print(json.dumps(out))
     return 0

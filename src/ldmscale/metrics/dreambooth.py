@@ -96,13 +96,14 @@ def evaluate_shapes(
     pos = [p for p in sets.positions for _ in range(sets.n_per_prompt)]
     attrs = {k: subject_attrs[k] for k in ("color", "size")}
     cls, _ = draw(sets.classes)
-    gen, gen_prompts = draw(sets.general, n=1)  # one image per validation caption
     hits = {
         "subject": subject_hits(subj, pos),
         "prompt": _prompt_hits(probe, subj, attrs, pos),
         "leak": leak_hits(cls),
-        "general": text_alignment(gen, probe, captions=gen_prompts).hits.astype(bool),
-    }  # fmt: skip
+    }
+    if sets.general:  # one image per validation caption
+        gen, gen_prompts = draw(sets.general, n=1)
+        hits["general"] = text_alignment(gen, probe, captions=gen_prompts).hits.astype(bool)
     return hits, {"subject": subj, "class": cls}
 
 
@@ -135,7 +136,8 @@ def image_features(images: np.ndarray, clip_model: str | None = None) -> np.ndar
         model, processor = load_clip(clip_model)
         with torch.inference_mode():
             inputs = processor(images=list(images), return_tensors="pt")
-            return model.get_image_features(**inputs).double().numpy()
+            pooled = model.vision_model(pixel_values=inputs["pixel_values"]).pooler_output
+            return model.visual_projection(pooled).double().numpy()
     from ldmscale.metrics.effnet import EffNetFeatures
 
     return EffNetFeatures()(np.asarray(images))
@@ -157,4 +159,42 @@ def evaluate_folder(
     out = {"similarity": sim}
     if clip_model:
         out["clip_score"] = clip_score(samples, list(prompts), clip_model).per_image
+    return out
+
+
+def score_subject_folder(
+    model_dir: str,
+    subject_dir: str,
+    prompts: Sequence[str],
+    identifier: str,
+    n_per_prompt: int = 8,
+    sampler: Any = None,
+    clip_model: str | None = None,
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """Sample ``prompts`` (``{identifier}`` filled in) from a fine-tuned model and score them
+    against the subject folder's images: mean feature similarity (and CLIP score with
+    ``clip_model``) with 95% bootstrap CIs. Works for any subject folder."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from ldmscale.dreambooth import IMAGE_SUFFIXES
+    from ldmscale.model import load_model
+    from ldmscale.sampling import SamplerConfig, generate
+
+    model = load_model(model_dir)
+    side = model.latent_shape[1] * 2 ** (len(model.vae.config.block_out_channels) - 1)
+    files = sorted(p for p in Path(subject_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    subject = np.stack(
+        [np.asarray(Image.open(p).convert("RGB").resize((side, side))) for p in files]
+    )
+    ps = [p.replace(PLACEHOLDER, identifier) for p in prompts for _ in range(n_per_prompt)]
+    sampler = sampler or SamplerConfig()
+    res = generate(model, ps, list(range(len(ps))), sampler, progress=False)
+    rows = evaluate_folder(res.images, ps, subject, clip_model)
+    out: dict[str, Any] = {"n": len(ps), "network": "clip" if clip_model else "effnet"}
+    for name, v in rows.items():
+        ci = bootstrap_ci(np.asarray(v, float), n_boot=n_boot)
+        out[name] = {"mean": ci.estimate, "low": ci.low, "high": ci.high}
     return out
