@@ -303,7 +303,7 @@ def learnt(tmp_path_factory):
     cfg = DreamBoothConfig(
         model=str(parent), subject=str(subject), identifier="sks", out=str(tmp / "prior"),
         class_prompts=tuple(info["class_prompts"]), train_data=str(STUDY / "data" / "shapes"),
-        steps=LEARN_STEPS, prior_images=16,
+        steps=LEARN_STEPS, lr=LEARN_LR, prior_images=16,
     )  # fmt: skip
     models = {
         "parent": parent,
@@ -319,9 +319,12 @@ def learnt(tmp_path_factory):
     }
 
 
-#: Calibrated once on the tiny study's c16 parent (docs/dreambooth.md), then frozen.
+#: Calibrated once on the tiny study's c16 parent (commit 2e0ec91: subject gain +0.50 [0.31,
+#: 0.69], leak prior - ablation -1.00 [-1.00, -1.00], n = 32 / 64 images), then frozen.
 LEARN_STEPS = 80
+LEARN_LR = 1e-3
 SUBJECT_GAIN_MIN = 0.2
+LEAK_DROP_MIN = 0.5
 
 
 @pytest.mark.slow
@@ -346,4 +349,4 @@ def test_prior_preservation_lowers_leakage_against_the_ablation(learnt):
         learnt["prior"]["leak"].astype(float), learnt["ablation"]["leak"].astype(float),
         np.mean, n_boot=1000, direction="min",
     )  # fmt: skip
-    assert drop.hi < 0, drop
+    assert drop.hi < -LEAK_DROP_MIN, drop
