@@ -31,7 +31,7 @@ from typing import Any
 
 from ldmscale.config import Config, ConfigError
 from ldmscale.data.subject import PLACEHOLDER
-from ldmscale.io import atomic_path, hash_json
+from ldmscale.io import atomic_path, atomic_write_json, hash_json
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PRIOR_FILE = "prior.json"
@@ -286,6 +286,6 @@ def dreambooth(cfg: DreamBoothConfig, progress: bool = True) -> Path:
         {"files": [hash_json([p.name, p.stat().st_size, c]) for p, c in subject]},
     )  # fmt: skip
     prior = write_prior(cfg, progress) if cfg.with_prior else None
-    (out / "dreambooth.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    atomic_write_json(out / "dreambooth.json", cfg.to_dict())
     train(train_config(cfg, instance, prior), progress=progress)
     return out / "model"
