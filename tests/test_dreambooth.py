@@ -350,3 +350,44 @@ def test_prior_preservation_lowers_leakage_against_the_ablation(learnt):
         np.mean, n_boot=1000, direction="min",
     )  # fmt: skip
     assert drop.hi < -LEAK_DROP_MIN, drop
+
+
+def test_study_task_adds_one_stage_per_width_and_checks_its_options(tmp_path):
+    from ldmscale.study import preset
+    from ldmscale.study.stages import build_stages
+    from ldmscale.study.task_dreambooth import TINY, options_of
+    from ldmscale.study.tasks import get_task
+
+    task = get_task("dreambooth")
+    cfg = preset("tiny").replace(out_dir=str(tmp_path), tasks=("dreambooth",))
+    assert task.needs == ("data", "autoencoder", "train") and options_of(cfg) == TINY
+    ids = [s.id for s in build_stages(cfg)]
+    assert ids[-4:] == ["dreambooth/c8", "dreambooth/c16", "dreambooth/c32", "report"]
+    stage = next(s for s in build_stages(cfg) if s.id == "dreambooth/c8")
+    other = cfg.replace(task_options={"dreambooth": {**TINY, "steps": 10}})
+    assert stage.key(cfg) != stage.key(other)  # a changed option reruns the width
+    with pytest.raises(ConfigError, match="unknown option"):
+        options_of(cfg.replace(task_options={"dreambooth": {"stpes": 10}}))
+
+
+def test_a_killed_fine_tune_resumes_to_the_same_weights(tiny_parent, tmp_path):
+    from ldmscale.dreambooth import dreambooth
+
+    model, data, subject = tiny_parent
+    cfg = DreamBoothConfig(
+        model=str(model), subject=str(subject), identifier="zxv", out=str(tmp_path / "a"),
+        class_prompts=(CLASS,), train_data=str(data), steps=4, checkpoint_every=2,
+        prior_images=4, prior_batch=2, prior_sampler={"name": "ddim", "steps": 2, "guidance": 1.0},
+    )  # fmt: skip
+    whole = dreambooth(cfg, progress=False)
+
+    def kill(step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    killed = cfg.replace(out=str(tmp_path / "b"))
+    with pytest.raises(KeyboardInterrupt):
+        dreambooth(killed, progress=False, on_step=kill)
+    resumed = dreambooth(killed, progress=False)  # from the step-2 checkpoint
+    name = "unet/diffusion_pytorch_model.safetensors"
+    assert (resumed / name).read_bytes() == (whole / name).read_bytes()

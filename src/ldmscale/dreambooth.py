@@ -270,8 +270,9 @@ def train_config(cfg: DreamBoothConfig, instance: Path, prior: Path | None):
     )  # fmt: skip
 
 
-def dreambooth(cfg: DreamBoothConfig, progress: bool = True) -> Path:
-    """Run (or resume) the DreamBooth fine-tune ``cfg``; returns the model folder."""
+def dreambooth(cfg: DreamBoothConfig, progress: bool = True, on_step=None) -> Path:
+    """Run (or resume) the DreamBooth fine-tune ``cfg``; returns the model folder.
+    ``on_step(step)``: called after every optimisation step (the trainer's hook)."""
     from ldmscale.surgery import model_unet_dir
     from ldmscale.train import train
 
@@ -287,5 +288,5 @@ def dreambooth(cfg: DreamBoothConfig, progress: bool = True) -> Path:
     )  # fmt: skip
     prior = write_prior(cfg, progress) if cfg.with_prior else None
     atomic_write_json(out / "dreambooth.json", cfg.to_dict())
-    train(train_config(cfg, instance, prior), progress=progress)
+    train(train_config(cfg, instance, prior), progress=progress, on_step=on_step)
     return out / "model"
