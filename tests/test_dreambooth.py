@@ -391,3 +391,12 @@ def test_a_killed_fine_tune_resumes_to_the_same_weights(tiny_parent, tmp_path):
     resumed = dreambooth(killed, progress=False)  # from the step-2 checkpoint
     name = "unet/diffusion_pytorch_model.safetensors"
     assert (resumed / name).read_bytes() == (whole / name).read_bytes()
+
+
+def test_cli_writes_the_subject_folder(tmp_path, capsys):
+    from ldmscale.cli import main
+
+    assert main(["data", "subject", "--out", str(tmp_path / "s"), "--n", "3"]) == 0
+    assert len(list((tmp_path / "s").glob("*.png"))) == 3
+    assert main(["data", "subject", "--out", str(tmp_path / "s"), "--n", "4"]) == 2  # not ours
+    assert "--overwrite" in capsys.readouterr().err

@@ -31,10 +31,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder (rerun the command to resume)")
     p.add_argument("--instance-prompt", help="caption of every subject image, with {identifier}")
     p.add_argument("--train-data", help="the parent's training data (for the rarity check)")
-    p.add_argument("--steps", type=int, default=d["steps"].default)
-    p.add_argument("--lr", type=float, default=d["lr"].default)
-    p.add_argument("--batch-size", type=int, default=d["batch_size"].default)
-    p.add_argument("--ema-decay", type=float, default=d["ema_decay"].default)
+    p.add_argument("--steps", type=int, default=d["steps"].default, help="default %(default)s")
+    p.add_argument(
+        "--lr", type=float, default=d["lr"].default,
+        help="peak learning rate (default %(default)s; DreamBooth's window is narrow: too high "
+        "overfits the subject images and degrades other prompts, docs/dreambooth.md)",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=d["batch_size"].default,
+                   help="instance rows per step (default %(default)s)")  # fmt: skip
+    p.add_argument("--ema-decay", type=float, default=d["ema_decay"].default,
+                   help="default %(default)s: off (an EMA lags a short fine-tune)")  # fmt: skip
     p.add_argument(
         "--prior-images", type=int, default=d["prior_images"].default,
         help="class images drawn by the parent (0 = no prior preservation)",
