@@ -237,7 +237,8 @@ def test_learning_is_measured_per_image_and_paired(tmp_path):
         out = tmp_path / f"c{c}"
         out.mkdir()
         np.savez(out / "hits.npz", **hits)
-        np.savez(out / "grid.npz", subject=np.concatenate([rings[:4], discs[:4]]))
+        np.savez(out / "grid.npz", subject_prior=np.concatenate([rings[:4], discs[:4]]),
+                 class_prior=discs[:4], class_ablation=rings[:4])  # fmt: skip
         result = {"width": c, "options": {"steps": 1, "lr": 1.0, "n_subject": 5, "identifier": "sks",
                   "prior_images": 4, "prior_weight": 1.0}, "models": models, "paired": paired,
                   "sampling_cost": 0.1 * c}  # fmt: skip
@@ -245,7 +246,9 @@ def test_learning_is_measured_per_image_and_paired(tmp_path):
     figures = tmp_path / "figures"
     figures.mkdir()
     html = "".join(dreambooth_sections(tmp_path, (8, 16, 32), figures))
-    assert (figures / "fig6_dreambooth.png").is_file()
+    assert (figures / "fig6_dreambooth.png").is_file() and (
+        figures / "dreambooth_leak.png"
+    ).is_file()
     assert "subject fidelity grows from c=8 to c=32" in html
     assert html.count("<tr>") == 3  # header + the two widths with results
 

@@ -78,21 +78,36 @@ def width_verdicts(root: Path, results: dict[int, dict[str, Any]], n_boot: int =
     return lines
 
 
-def fig6(root: Path, results: dict[int, dict[str, Any]], path: Path) -> Path | None:
-    """Rows = widths, columns = the fine-tune's images at the held-out subject prompts."""
+def _grid_png(rows: list[np.ndarray], path: Path) -> Path:
+    """Rows of uint8 images ``[k, H, W, 3]`` (equal k) as one PNG, upscaled to >= 256 px high."""
     from PIL import Image
 
-    grids = [np.load(root / f"c{c}" / "grid.npz")["subject"] for c in sorted(results)]
+    img = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+    scale = max(1, -(-256 // img.shape[0]))
+    big = Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST)
+    big.save(path)
+    return path
+
+
+def fig6(root: Path, results: dict[int, dict[str, Any]], path: Path) -> Path | None:
+    """Rows = widths, columns = the fine-tune's images at the held-out subject prompts."""
+    grids = [np.load(root / f"c{c}" / "grid.npz")["subject_prior"] for c in sorted(results)]
     if not grids:
         return None
     k = min(len(g) for g in grids)
-    rows = [np.concatenate(list(g[:k]), axis=1) for g in grids]
-    img = np.concatenate(rows, axis=0)
-    scale = max(1, 256 // img.shape[0]) if img.shape[0] < 256 else 1
-    Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST).save(
-        path
-    )
-    return path
+    return _grid_png([g[:k] for g in grids], path)
+
+
+def fig_leak(root: Path, results: dict[int, dict[str, Any]], path: Path) -> Path | None:
+    """Rows = widths; the class prompts (one image each) with the prior, then without it."""
+    rows = []
+    for c in sorted(results):
+        g = np.load(root / f"c{c}" / "grid.npz")
+        rows.append(np.concatenate([g["class_prior"], g["class_ablation"]]))
+    if not rows:
+        return None
+    k = min(len(r) for r in rows)
+    return _grid_png([r[:k] for r in rows], path)
 
 
 def dreambooth_sections(root: Path, widths: Sequence[int], figures: Path) -> list[str]:
@@ -119,6 +134,11 @@ def dreambooth_sections(root: Path, widths: Sequence[int], figures: Path) -> lis
         rows = ", ".join(f"c={c}" for c in sorted(results))
         parts.append(_figure(f"figures/{fig.name}", f"Fig. 6: the subject at held-out positions, "
                              f"rows {rows} (top to bottom)", "DreamBooth grid"))  # fmt: skip
+    leak = fig_leak(Path(root), results, figures / "dreambooth_leak.png")
+    if leak is not None:
+        parts.append(_figure(f"figures/{leak.name}", "The class prompts (top left, top right, "
+                             "bottom left, bottom right): with prior preservation (left four) "
+                             "and without (right four); rows as in Fig. 6", "leak grid"))  # fmt: skip
     parts.append(_table(fidelity_rows(results)))
     verdicts = width_verdicts(Path(root), results)
     if verdicts:

@@ -5,9 +5,10 @@ prompts and seeds (:mod:`ldmscale.metrics.dreambooth`).
 
 Outputs, per width ``c``: ``<out>/dreambooth/c<c>/`` with the runs ``prior/`` and
 ``ablation/`` (ordinary DreamBooth run folders), ``hits.npz`` (per-image hits of every model
-and prompt set: the rows of the paired bootstraps), ``grid.npz`` (the fine-tune's images at
-the held-out subject prompts) and ``result.json`` (rates with 95% CIs, paired differences,
-sampling cost, wall times). The report section is :mod:`ldmscale.report.dreambooth`.
+and prompt set: the rows of the paired bootstraps), ``grid.npz`` (each model's images at
+the held-out subject prompts, ``subject_<model>``, and at the class prompts,
+``class_<model>``) and ``result.json`` (rates with 95% CIs, paired differences, sampling cost,
+wall times). The report section is :mod:`ldmscale.report.dreambooth`.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def _run(c: int, run) -> None:
     sets = shapes_prompt_sets(info, general[: opts["n_general"]], opts["n_per_prompt"])
     probe = probe_for_dataset(cfg.data_dir(), progress=run.progress)
     sampler = SamplerConfig.from_dict(opts["sampler"])
-    hits, result = {}, {"width": c, "options": opts, "models": {}}
+    hits, grids, result = {}, {}, {"width": c, "options": opts, "models": {}}
     for name in MODELS:
         t0 = time.time()
         model = load_model(models[name])
@@ -114,15 +115,15 @@ def _run(c: int, run) -> None:
         walls[f"eval_{name}"] = round(time.time() - t0, 1)
         hits.update({f"{name}/{k}": v for k, v in h.items()})
         result["models"][name] = summarize(h, opts["n_boot"])
-        if name == "prior":
-            np.savez_compressed(
-                out / "grid.npz", subject=images["subject"][:: opts["n_per_prompt"] // 4]
-            )
-        result["norm_cost"] = model.norm_cost
+        # Fig. 6: 4 images per held-out prompt; the leak figure: one image per class prompt.
+        grids[f"subject_{name}"] = images["subject"][:: max(1, opts["n_per_prompt"] // 4)]
+        grids[f"class_{name}"] = images["class"][:: opts["n_per_prompt"]]
+        result["norm_cost"] = model.norm_cost  # the same for the three (one width)
     result["sampling_cost"] = result["norm_cost"] * sampler.steps
     result["paired"] = paired_readings(hits, opts["n_boot"])
     result["wall_seconds"] = walls
     np.savez_compressed(out / "hits.npz", **hits)
+    np.savez_compressed(out / "grid.npz", **grids)
     atomic_write_json(out / "result.json", result)
 
 
