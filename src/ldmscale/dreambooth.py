@@ -25,6 +25,7 @@ The result is an ordinary model folder ``<out>/model`` (its ``parent`` records t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,9 @@ class DreamBoothConfig(Config):
 # ----------------------------------------------------------------------------- checks
 
 
-def read_subject(folder: str | Path, identifier: str, instance_prompt: str | None = None):
+def read_subject(
+    folder: str | Path, identifier: str, instance_prompt: str | None = None
+) -> list[tuple[Path, str]]:
     """The subject's image paths and identifier captions; errors name the fix."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -156,7 +159,9 @@ def training_captions(model: str | Path, train_data: str | None) -> list[str]:
     return sorted(set(load_dataset(train_data, split="train", validate=False).captions))
 
 
-def check_identifier_rare(identifier: str, captions: list[str], tokenize) -> None:
+def check_identifier_rare(
+    identifier: str, captions: list[str], tokenize: Callable[[str], list[str]]
+) -> None:
     """Refuse an identifier any of whose tokens (``tokenize(text) -> list[str]``) occurs in
     a training caption: the model would already mean something by it."""
     tokens = set(tokenize(identifier))
@@ -173,7 +178,7 @@ def check_identifier_rare(identifier: str, captions: list[str], tokenize) -> Non
         )
 
 
-def model_tokenizer(model: str | Path):
+def model_tokenizer(model: str | Path) -> Callable[[str], list[str]]:
     """The parent's tokenizer's ``tokenize`` (its ``tokenizer/`` folder, else its encoder's)."""
     from transformers import AutoTokenizer
 
