@@ -57,24 +57,29 @@ def fidelity_rows(results: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def width_verdicts(root: Path, results: dict[int, dict[str, Any]], n_boot: int = 1000) -> list[str]:
-    """Largest minus smallest width on subject and prompt fidelity (paired, same images)."""
+    """Does subject / prompt fidelity grow with width? Paired bootstraps (the widths share
+    prompts and seeds) of the largest minus the smallest width, then of each adjacent pair."""
     from ldmscale.paired import paired_difference
 
-    if len(results) < 2:
+    widths = sorted(results)
+    if len(widths) < 2:
         return []
-    lo_c, hi_c = min(results), max(results)
-    a = np.load(root / f"c{hi_c}" / "hits.npz")
-    b = np.load(root / f"c{lo_c}" / "hits.npz")
+    hits = {c: np.load(root / f"c{c}" / "hits.npz") for c in widths}
+    pairs = [(widths[0], widths[-1])]
+    pairs += [p for p in zip(widths, widths[1:], strict=False) if p != pairs[0]]
     lines = []
     for s, label in (("subject", "subject fidelity"), ("prompt", "prompt fidelity")):
-        key = f"prior/{s}"
-        r = paired_difference(a[key].astype(float), b[key].astype(float), np.mean,
-                              n_boot=n_boot, direction="max")  # fmt: skip
-        verdict = "grows" if r.lo > 0 else "shrinks" if r.hi < 0 else "does not change measurably"
-        lines.append(
-            f"{label} {verdict} from c={lo_c} to c={hi_c}: {r.diff:+.2f} "
-            f"[{r.lo:+.2f}, {r.hi:+.2f}] (paired bootstrap, 95%, n={r.n})"
-        )
+        for lo_c, hi_c in pairs:
+            key = f"prior/{s}"
+            r = paired_difference(hits[hi_c][key].astype(float), hits[lo_c][key].astype(float),
+                                  np.mean, n_boot=n_boot, direction="max")  # fmt: skip
+            verdict = (
+                "grows" if r.lo > 0 else "shrinks" if r.hi < 0 else "does not change measurably"
+            )
+            lines.append(
+                f"{label} {verdict} from c={lo_c} to c={hi_c}: {r.diff:+.2f} "
+                f"[{r.lo:+.2f}, {r.hi:+.2f}] (paired bootstrap, 95%, n={r.n})"
+            )
     return lines
 
 
