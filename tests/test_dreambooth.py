@@ -169,7 +169,7 @@ def tiny_parent(tmp_path_factory, tiny_sd_dir):
     return model, data, subject
 
 
-def test_dreambooth_fine_tunes_resumes_and_exports_a_child_model(tiny_parent, tmp_path):
+def test_dreambooth_fine_tunes_exports_a_child_model_and_a_rerun_keeps_it(tiny_parent, tmp_path):
     from ldmscale.dreambooth import dreambooth
     from ldmscale.modelfolder import read_model_meta
 
