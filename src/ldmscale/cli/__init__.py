@@ -21,6 +21,7 @@ COMMANDS = (
     "autoencoder",
     "train",
     "distill",
+    "dreambooth",
     "sample",
     "sweep",
     "metrics",

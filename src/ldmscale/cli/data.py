@@ -1,6 +1,7 @@
 """``ldmscale data``: generate the embedded ``shapes`` dataset, or check a dataset folder.
 
 ldmscale data shapes --out data/shapes --n-train 2000 --n-val 500 --resolution 32 --seed 0
+ldmscale data subject --out data/subject --n 5
 ldmscale data check data/shapes [--resolution 32] [--skip-bad] [--all-captions]
 """
 
@@ -41,6 +42,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing different folder")
     p.set_defaults(func=_shapes)
 
+    s = sub.add_parser("subject", help="write the shapes DreamBooth subject (a ring) folder")
+    s.add_argument("--out", required=True, help="subject folder to create")
+    s.add_argument("--n", type=int, default=5, help="subject images, 2-8 (default 5)")
+    s.add_argument("--resolution", type=int, default=32, help="image side in pixels (default 32)")
+    s.add_argument("--seed", type=int, default=0, help="placement seed (default 0)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing different folder")
+    s.set_defaults(func=_subject)
+
     c = sub.add_parser("check", help="validate a dataset folder and print its counts")
     c.add_argument(
         "source", help="imagefolder (metadata.jsonl) or COCO root, or a metadata/caption file"
@@ -69,6 +78,14 @@ def _shapes(args: argparse.Namespace) -> int:
         f"shapes dataset in {root}: {args.n_train} train + {args.n_val} validation images at "
         f"{args.resolution} px, seed {args.seed}"
     )
+    return 0
+
+
+def _subject(args: argparse.Namespace) -> int:
+    from ldmscale.data.subject import write_subject
+
+    root = write_subject(args.out, args.n, args.resolution, args.seed, args.overwrite)
+    print(json.dumps({"subject": str(root), "n": args.n}))
     return 0
 
 

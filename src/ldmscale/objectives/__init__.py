@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ldmscale.config import ConfigError
-from ldmscale.objectives import consistency, sr, t2i
+from ldmscale.objectives import consistency, dreambooth, sr, t2i
 from ldmscale.objectives.base import (
     BETA_END,
     BETA_SCHEDULE,
@@ -58,6 +58,7 @@ from ldmscale.objectives.base import (
     read_options,
 )
 from ldmscale.objectives.consistency import Consistency, ConsistencyOptions
+from ldmscale.objectives.dreambooth import DreamBooth, DreamBoothOptions
 from ldmscale.objectives.sr import SROptions, SuperResolution
 from ldmscale.objectives.t2i import TextToImage, min_snr_weights
 
@@ -69,6 +70,7 @@ OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {
     "t2i": t2i.build,
     "consistency": consistency.build,
     "sr": sr.build,
+    "dreambooth": dreambooth.build,
 }
 
 
@@ -99,6 +101,8 @@ __all__ = [
     "BETA_START",
     "Consistency",
     "ConsistencyOptions",
+    "DreamBooth",
+    "DreamBoothOptions",
     "NUM_TRAIN_TIMESTEPS",
     "OBJECTIVES",
     "PREDICTION_TYPES",
