@@ -33,6 +33,29 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory: pytest.TempPathFactory):
+    """A trained ``tiny``-preset study folder with its c = 16 width: ``data/shapes``,
+    ``autoencoder``, ``runs/c16/model`` (the preset's recipe, so the model draws its captions:
+    text alignment ~0.6). The parent of the learning tests that need a model that draws
+    (DreamBooth, distillation). Training it takes ~5 minutes on one thread, once per session;
+    ``LDMSCALE_TINY_STUDY`` may name a finished ``ldmscale study --preset tiny`` folder instead.
+    """
+    from pathlib import Path
+
+    given = os.environ.get("LDMSCALE_TINY_STUDY")
+    if given:
+        if not (Path(given) / "runs" / "c16" / "model").is_dir():
+            pytest.fail(f"LDMSCALE_TINY_STUDY={given} has no runs/c16/model")
+        return Path(given)
+    from ldmscale.study import preset, run_study
+
+    out = tmp_path_factory.mktemp("tiny-study")
+    cfg = preset("tiny", str(out)).replace(widths=(16,), train_workers=1)
+    run_study(cfg, stages=("data", "autoencoder", "train"), progress=False, log=lambda s: None)
+    return cfg.root
+
+
 # ---------------------------------------------------------------------------
 # data (owner: data engineer)
 # ---------------------------------------------------------------------------

@@ -5,8 +5,6 @@ positions and that prior preservation lowers leakage."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,12 +199,6 @@ def test_dreambooth_fine_tunes_exports_a_child_model_and_a_rerun_keeps_it(tiny_p
 
 # ----------------------------------------------------------------------------- learning (slow)
 
-STUDY = Path(os.environ.get("LDMSCALE_TINY_STUDY", "/work/runs/tiny5/outputs/study-tiny"))
-needs_study = pytest.mark.skipif(
-    not (STUDY / "runs" / "c32" / "model").is_dir(),
-    reason=f"needs the tiny study's trained parents (set LDMSCALE_TINY_STUDY; {STUDY} absent)",
-)
-
 
 def test_learning_is_measured_per_image_and_paired(tmp_path):
     """The study task's readings: rates with CIs, paired differences, Fig. 6 and the verdicts."""
@@ -289,7 +281,7 @@ def test_a_users_subject_folder_is_scored_by_features_and_clip(
 
 
 @pytest.fixture(scope="module")
-def learnt(tmp_path_factory):
+def learnt(tmp_path_factory, trained_tiny):
     """The tiny study's c16 parent fine-tuned on the ring with and without the prior (short
     runs), and the three models' per-image hits on the same prompts and seeds."""
     from ldmscale.data.subject import SUBJECT
@@ -299,6 +291,7 @@ def learnt(tmp_path_factory):
     from ldmscale.model import load_model
     from ldmscale.sampling import SamplerConfig
 
+    STUDY = trained_tiny  # noqa: N806
     tmp = tmp_path_factory.mktemp("learnt")
     subject = write_subject(tmp / "subject", n=5)
     info = json.loads((subject / "subject.json").read_text())
@@ -331,7 +324,6 @@ LEAK_DROP_MIN = 0.5
 
 
 @pytest.mark.slow
-@needs_study
 def test_subject_rate_at_heldout_prompts_rises_from_near_zero(learnt):
     from ldmscale.paired import paired_difference
 
@@ -344,7 +336,6 @@ def test_subject_rate_at_heldout_prompts_rises_from_near_zero(learnt):
 
 
 @pytest.mark.slow
-@needs_study
 def test_prior_preservation_lowers_leakage_against_the_ablation(learnt):
     from ldmscale.paired import paired_difference
 
