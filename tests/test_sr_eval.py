@@ -179,3 +179,36 @@ def test_sr_cells_land_in_the_store_with_paired_rows(sr_run, tmp_path):
     assert base["bicubic"].shape == base["autoencoder"].shape == (6, 32, 32, 3)
     with pytest.raises(MetricsError, match="super-resolution metric"):
         metric_rows(out.images, [""] * 6, row["protocol"])  # not a text-to-image metric
+
+
+def test_cli_sample_upscales_an_lr_set_at_any_step_count(sr_run, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from ldmscale.cli import main
+
+    _, run, data = sr_run
+    model = str(run / "model")
+    out = tmp_path / "out"
+    args = ["sample", "--model", model, "--lr-dataset", str(data), "--n", "2", "--no-progress"]
+    for steps in ("1", "250"):
+        assert main([*args, "--steps", steps, "--sampler", "ddim", "--out", str(out)]) == 0
+        record = json.loads((out / "samples.json").read_text())
+        assert record["nfe"] == int(steps) and record["sampler"]["guidance"] == 1.0
+    assert np.asarray(Image.open(out / "00001.png")).shape == (32, 32, 3)
+    capsys.readouterr()
+    lr_dir = tmp_path / "lr"
+    lr_dir.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(lr_dir / "a.png")
+    bad = [
+        (["--lr-folder", str(lr_dir)], r"uint8 \[N, 8, 8, 3\]"),  # LR of the wrong size
+        (["--prompt", "a red circle"], "is a super-resolution model"),
+        (["--lr-folder", str(lr_dir), "--guidance", "3"], "without classifier-free guidance"),
+    ]
+    for extra, match in bad:
+        rc = main(
+            ["sample", "--model", model, *extra, "--out", str(tmp_path / "x"), "--steps", "1"]
+        )
+        assert rc != 0
+        assert __import__("re").search(match, capsys.readouterr().err), extra
