@@ -163,6 +163,11 @@ def _grid_png(grid_path: Path, widths: Sequence[int], out: Path, zoom: int = 3) 
     return out
 
 
+def _num(v: float) -> str:
+    """``v`` to 4 significant digits, float noise (|v| < 1e-12) shown as 0."""
+    return f"{0.0 if abs(v) < 1e-12 else v:.4g}"
+
+
 def _statistic(metric: str, protocol: dict) -> Any:
     from ldmscale.metrics.protocol import metric_statistic
 
@@ -229,7 +234,9 @@ def _reading(pairs: list[tuple[dict, dict]], metric: str, ask: str) -> tuple[str
                 "larger": f"c{large['_width']} x{large['steps']} @{large['train_step']}",
                 "smaller": f"c{small['_width']} x{small['steps']} @{small['train_step']}",
                 "cost ratio": round(large["_cost"] / small["_cost"], 2),
-                f"{_label(metric)} larger - smaller": f"{res.diff:.4g} [{res.lo:.4g}, {res.hi:.4g}]",
+                f"{_label(metric)} larger - smaller": (
+                    f"{_num(res.diff)} [{_num(res.lo)}, {_num(res.hi)}]"
+                ),
                 "winner": {"a": "larger", "b": "smaller", "tie": "tie"}[res.outcome()],
             }
         )
