@@ -65,6 +65,10 @@ def test_the_sr_task_fine_tunes_every_width_and_reports(tmp_path):
     # at 2 steps, less the final models' 2-step cells counted twice.
     assert len(rows) == 2 * 6 + 2 * 3 - 2
     assert all(r["guidance"] == 1.0 and r["metrics"]["psnr"]["n"] == 8 for r in rows)
+    from ldmscale.frontier import load_rows
+
+    # The frontier's rows leave the SR cells out (this study has no text-to-image sweep).
+    assert load_rows(cfg.root / "results.sqlite") == []
     base = json.loads((cfg.root / "sr" / "baselines.json").read_text())["scores"]
     assert set(base) == {"bicubic", "autoencoder"} and "attr_acc" in base["bicubic"]
     page = result.report.read_text()
