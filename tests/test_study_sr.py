@@ -54,6 +54,8 @@ def test_the_sr_task_fine_tunes_every_width_and_reports(tmp_path):
     )  # fmt: skip
     with pytest.raises(ConfigError, match="keep steps"):
         SRTaskOptions.from_dict({**TINY_SR, "keep": [2, 8]})
+    with pytest.raises(ConfigError, match="does not score SR outputs"):
+        SRTaskOptions.from_dict({**TINY_SR, "metrics": ["alignment"], "reading_metrics": []})
     result = run_study(cfg, progress=False, log=lambda s: None)
     for c in cfg.widths:
         meta = read_model_meta(sr_run_dir(cfg, c) / "model")

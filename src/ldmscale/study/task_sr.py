@@ -74,6 +74,14 @@ class SRTaskOptions(Config):
             raise ConfigError(f"sr task: keep steps {bad} are outside 1..steps={self.steps}")
         if not self.sample_steps or min(self.sample_steps) < 1 or max(self.sample_steps) > 1000:
             raise ConfigError("sr task: sample_steps must be step counts in 1..1000")
+        from ldmscale.metrics.registry import check_metrics
+
+        for m in check_metrics(self.metrics):
+            if m.kind != "feature_distance" and "ground_truth" not in m.needs:
+                raise ConfigError(
+                    f"sr task: metric {m.name!r} does not score SR outputs; use the Frechet "
+                    "distances, psnr, ssim, attr_acc or object_acc"
+                )
         missing = set(self.reading_metrics) - set(self.metrics)
         if missing:
             raise ConfigError(f"sr task: reading_metrics {sorted(missing)} are not in metrics")
