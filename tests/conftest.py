@@ -480,3 +480,43 @@ def write_plain_folder(root, n_train: int = 32, n_val: int = 16, size: int = 20,
             lines.append(json.dumps({"file_name": f"{i:03d}.png", "text": f"{name} fading {way}"}))
         (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return root
+
+
+# ---------------------------------------------------------------------------
+# super-resolution (owner: SR): one SR model trained two steps by the one trainer
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sr_run(tmp_path_factory):
+    """An SR run trained by the one trainer: 32 px shapes (8 train, 6 validation images), an
+    f = 4 autoencoder (8x8 latents = the 8 px LR), two steps, from scratch. Returns (config, run
+    folder, dataset folder). Shared: do not modify it."""
+    import torch
+
+    from ldmscale.data.shapes import generate_shapes
+    from ldmscale.train import TrainConfig, train
+
+    tmp_path = tmp_path_factory.mktemp("sr_run")
+    data = generate_shapes(tmp_path / "shapes", n_train=8, n_val=6, resolution=32, seed=0)
+    torch.manual_seed(0)
+    tiny_vae(
+        block_out_channels=(8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        sample_size=32,
+    ).save_pretrained(tmp_path / "vae")
+    cfg = TrainConfig(
+        run_dir=str(tmp_path / "run"),
+        c=8,
+        layers_per_block=1,
+        data=str(data),
+        resolution=32,
+        vae=str(tmp_path / "vae"),
+        text_encoder={"kind": "minilm", "max_length": 8},
+        steps=2,
+        batch_size=4,
+        warmup_steps=1,
+        objective="sr",
+    )
+    return cfg, train(cfg, progress=False), data

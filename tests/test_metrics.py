@@ -128,6 +128,10 @@ def test_registry_directions_needs_and_unknown_names():
         "kid": "min",
         "alignment": "max",
         "clip_score": "max",
+        "psnr": "max",
+        "ssim": "max",
+        "attr_acc": "max",
+        "object_acc": "max",
     }
     for m in METRICS.values():  # a feature distance needs a reference and a buildable network
         assert (m.kind == "feature_distance") == ("reference" in m.needs), m.name

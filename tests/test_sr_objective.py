@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import surgery_base_spec, tiny_vae
+from conftest import surgery_base_spec
 from ldmscale.config import ConfigError
 from ldmscale.data.degrade import DegradeConfig, degrade
 from ldmscale.data.shapes import make_example
@@ -129,39 +129,6 @@ def test_hr_images_of_the_wrong_size_get_a_clear_error(parent):
     child = grow_unet(parent, BASE.replace(**_objective().unet_overrides()))
     with pytest.raises(ValueError, match="HR images must be 4 x the latent size"):
         _objective().loss(child, _batch(hr_px=16), torch.Generator().manual_seed(0))
-
-
-@pytest.fixture(scope="module")
-def sr_run(tmp_path_factory):
-    """An SR run trained by the one trainer: 32 px shapes, an f = 4 autoencoder (8x8 latents =
-    the 8 px LR), two steps, from scratch. Returns (config, run folder, dataset folder)."""
-
-    from ldmscale.data.shapes import generate_shapes
-    from ldmscale.train import train
-
-    tmp_path = tmp_path_factory.mktemp("sr_run")
-    data = generate_shapes(tmp_path / "shapes", n_train=8, n_val=2, resolution=32, seed=0)
-    torch.manual_seed(0)
-    tiny_vae(
-        block_out_channels=(8, 8, 8),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        sample_size=32,
-    ).save_pretrained(tmp_path / "vae")
-    cfg = TrainConfig(
-        run_dir=str(tmp_path / "run"),
-        c=8,
-        layers_per_block=1,
-        data=str(data),
-        resolution=32,
-        vae=str(tmp_path / "vae"),
-        text_encoder={"kind": "minilm", "max_length": 8},
-        steps=2,
-        batch_size=4,
-        warmup_steps=1,
-        objective="sr",
-    )
-    return cfg, train(cfg, progress=False), data
 
 
 def test_trainer_trains_sr_from_a_dataset_and_exports_an_sr_model(sr_run, tmp_path):

@@ -24,6 +24,18 @@ def register(subparsers) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     src.add_argument("--prompts-file", type=Path, help="text file, one prompt per line")
+    src.add_argument(
+        "--lr-dataset",
+        type=Path,
+        help="super-resolution models: upscale the first --n images of this dataset's split "
+        "(--split), degraded as the model was trained (image i with seed --lr-seed0 + i)",
+    )
+    src.add_argument(
+        "--lr-folder", type=Path, help="super-resolution models: upscale these LR image files"
+    )
+    p.add_argument("--n", type=int, default=16, help="images of --lr-dataset to upscale")
+    p.add_argument("--split", default="validation", help="split of --lr-dataset")
+    p.add_argument("--lr-seed0", type=int, default=0, help="degradation seed of LR image 0")
     p.add_argument(
         "--sampler",
         choices=SAMPLER_NAMES,
@@ -31,7 +43,12 @@ def register(subparsers) -> None:
         help="; ".join(f"{e.name}: {e.description}" for e in SAMPLERS.values()),
     )
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=7.5, help="CFG scale w (1 = none)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="CFG scale w (1 = none; default 7.5, and 1 for super-resolution models)",
+    )
     p.add_argument(
         "--timestep-spacing",
         choices=("leading", "trailing", "linspace"),
@@ -73,24 +90,67 @@ def _parse_seeds(text: str | None) -> list[int] | None:
         ) from e
 
 
+def _upscale(args: argparse.Namespace, model, cfg):
+    """Upscale an LR set with an SR model: (result, per-image labels)."""
+    from ldmscale.data.degrade import DegradeConfig
+    from ldmscale.sr_eval import lr_set_from_dataset, lr_set_from_folder
+    from ldmscale.upscale import upscale
+
+    sr = model.meta.get("sr")
+    if not sr:
+        raise UserError(
+            f"{args.model} is not a super-resolution model; --lr-dataset/--lr-folder are for "
+            "models trained with objective = 'sr' (give --prompt for text-to-image models)"
+        )
+    if args.lr_folder is not None:
+        lrset = lr_set_from_folder(args.lr_folder)
+    else:
+        hr_size = model.latent_shape[1] * int(sr["scale"])
+        degradation = DegradeConfig.from_dict(sr["degradation"])
+        lrset = lr_set_from_dataset(
+            args.lr_dataset, args.n, hr_size, degradation, args.split, args.lr_seed0
+        )
+    seeds = _parse_seeds(args.seeds)
+    if seeds is None:
+        seeds = [(args.seed or 0) + i for i in range(len(lrset))]
+    if len(seeds) != len(lrset):
+        raise UserError(f"{len(seeds)} --seeds for {len(lrset)} LR images: give one per image")
+    result = upscale(
+        model, lrset.lr, seeds, cfg, batch_size=args.batch_size, progress=not args.no_progress
+    )
+    return result, [f"LR {i}" for i in range(len(lrset))]
+
+
 def run(args: argparse.Namespace) -> int:
     from ldmscale.model import load_model
     from ldmscale.sampling import SamplerConfig, expand_requests, generate, save_samples
 
-    prompts = _read_prompts(args)
-    per_image, seeds = expand_requests(
-        prompts, args.n_per_prompt, seed=args.seed, seeds=_parse_seeds(args.seeds)
-    )
+    sr = args.lr_dataset is not None or args.lr_folder is not None
+    if args.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
+    guidance = args.guidance if args.guidance is not None else (1.0 if sr else 7.5)
     cfg = SamplerConfig(
         name=args.sampler,
         steps=args.steps,
-        guidance=args.guidance,
+        guidance=guidance,
         timestep_spacing=args.timestep_spacing,
     )
     model = load_model(args.model, device=args.device)
-    result = generate(
-        model, per_image, seeds, cfg, batch_size=args.batch_size, progress=not args.no_progress
-    )
+    if sr:
+        result, per_image = _upscale(args, model, cfg)
+    else:
+        if model.meta.get("sr"):
+            raise UserError(
+                f"{args.model} is a super-resolution model: give it low-resolution inputs "
+                "(--lr-dataset DATASET or --lr-folder FOLDER) instead of prompts"
+            )
+        prompts = _read_prompts(args)
+        per_image, seeds = expand_requests(
+            prompts, args.n_per_prompt, seed=args.seed, seeds=_parse_seeds(args.seeds)
+        )
+        result = generate(
+            model, per_image, seeds, cfg, batch_size=args.batch_size, progress=not args.no_progress
+        )
     out = save_samples(result, per_image, args.out)
     print(
         f"wrote {len(per_image)} images to {out} ({cfg.name}, {cfg.steps} steps, w={cfg.guidance}; "

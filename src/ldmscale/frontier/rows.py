@@ -181,8 +181,9 @@ def _filter(
 
 
 def load_rows(path: str | Path) -> list[dict]:
-    """Rows from a results store (SQLite, via ``ldmscale.store.ResultsStore``) or from a
-    JSON list / JSON-lines file of row dicts (the same format ``store.rows()`` returns)."""
+    """Rows from a results store (SQLite, via ``ldmscale.store.ResultsStore``; without its
+    super-resolution cells) or from a JSON list / JSON-lines file of row dicts (the same format
+    ``store.rows()`` returns)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"results store not found: {path} (run `ldmscale sweep` first)")
@@ -202,7 +203,9 @@ def load_rows(path: str | Path) -> list[dict]:
         ) from e
     store = ResultsStore(path)
     try:
-        return store.rows()
+        # Super-resolution cells (protocol "sr", ldmscale.sr_eval) share a study's store but are
+        # not text-to-image cells: the frontier and the report leave them out.
+        return [r for r in store.rows() if not (r.get("protocol") or {}).get("sr")]
     finally:
         close = getattr(store, "close", None)
         if close:

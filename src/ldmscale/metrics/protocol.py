@@ -57,6 +57,12 @@ def metric_rows(
     fingerprints: dict[str, str] = {}
     for metric in check_metrics(protocol["metrics"]):
         name = metric.name
+        if "ground_truth" in metric.needs:
+            raise MetricsError(
+                f"metric {name!r} scores an image against its own ground truth: it is a "
+                "super-resolution metric (evaluate SR models with ldmscale.sr_eval), not one "
+                "for generated images"
+            )
         if metric.kind == "feature_distance":
             extractor, _ = reference_set(name, protocol)
             fingerprints[name] = extractor.fingerprint()

@@ -27,8 +27,10 @@ Direction = Literal["min", "max"]
 Kind = Literal["feature_distance", "per_image"]
 #: What a metric needs besides the images: ``reference`` (a dataset split of real images),
 #: ``shapes_probe`` (the probe trained on a dataset with shapes attributes), ``prompts`` (each
-#: image's prompt), ``clip_model`` (a local CLIP folder; nothing is downloaded).
-Need = Literal["reference", "shapes_probe", "prompts", "clip_model"]
+#: image's prompt), ``clip_model`` (a local CLIP folder; nothing is downloaded),
+#: ``ground_truth`` (each image's own ground-truth image or attributes: super-resolution only,
+#: scored by :mod:`ldmscale.sr_eval`, not by a text-to-image sweep).
+Need = Literal["reference", "shapes_probe", "prompts", "clip_model", "ground_truth"]
 #: The statistic over per-image rows: Fréchet distance to the reference statistics, KID
 #: against the reference features, or the mean.
 Statistic = Literal["frechet", "kid", "mean"]
@@ -147,6 +149,54 @@ METRICS: dict[str, Metric] = {
             "the paper's ~0.31 scale, not x100",
             1 / 10,
             "clip",
+            "mean",
+        ),
+        # Super-resolution (ldmscale.metrics.sr): each SR output against its own HR image.
+        Metric(
+            "psnr",
+            "PSNR",
+            "max",
+            "per_image",
+            ("ground_truth",),
+            "PSNR (dB, peak 255) of each SR output against its ground-truth HR image",
+            1 / 5000,
+            "pixels",
+            "mean",
+        ),
+        Metric(
+            "ssim",
+            "SSIM",
+            "max",
+            "per_image",
+            ("ground_truth",),
+            "SSIM (Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03) of each SR output against "
+            "its ground-truth HR image",
+            1 / 2000,
+            "pixels",
+            "mean",
+        ),
+        Metric(
+            "attr_acc",
+            "attribute accuracy",
+            "max",
+            "per_image",
+            ("ground_truth", "shapes_probe"),
+            "the shapes probe's read-out of each SR output against the HR image's true "
+            "attributes: the fraction of its objects' shape, colour and size it gets right",
+            1 / 100,
+            "probe",
+            "mean",
+        ),
+        Metric(
+            "object_acc",
+            "object accuracy",
+            "max",
+            "per_image",
+            ("ground_truth", "shapes_probe"),
+            "the fraction of each HR image's true objects whose shape, colour and size the "
+            "shapes probe reads right in the SR output",
+            1 / 100,
+            "probe",
             "mean",
         ),
     )

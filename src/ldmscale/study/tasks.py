@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 #: task name -> the module that defines its ``TASK``.
 TASK_MODULES: dict[str, str] = {
     "dreambooth": "ldmscale.study.task_dreambooth",
+    "sr": "ldmscale.study.task_sr",
 }
 
 
