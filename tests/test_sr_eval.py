@@ -49,7 +49,8 @@ def test_ssim_hand_checked_cases():
 
 
 def test_ssim_equals_scikit_image():
-    metrics = pytest.importorskip("skimage.metrics")
+    from skimage import metrics  # a test dependency (pyproject's [test] extra)
+
     from ldmscale.data.shapes import make_example
 
     a = np.stack([np.asarray(make_example(0, "validation", i, 32)[0]) for i in range(3)])
