@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ldmscale.config import ConfigError
-from ldmscale.objectives import consistency, sr, t2i
+from ldmscale.objectives import consistency, guided, sr, t2i
 from ldmscale.objectives.base import (
     BETA_END,
     BETA_SCHEDULE,
@@ -58,6 +58,7 @@ from ldmscale.objectives.base import (
     read_options,
 )
 from ldmscale.objectives.consistency import Consistency, ConsistencyOptions
+from ldmscale.objectives.guided import Guided, GuidedOptions
 from ldmscale.objectives.sr import SROptions, SuperResolution
 from ldmscale.objectives.t2i import TextToImage, min_snr_weights
 
@@ -69,6 +70,7 @@ OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {
     "t2i": t2i.build,
     "consistency": consistency.build,
     "sr": sr.build,
+    "guided": guided.build,
 }
 
 
@@ -103,6 +105,8 @@ __all__ = [
     "OBJECTIVES",
     "PREDICTION_TYPES",
     "ExportHints",
+    "Guided",
+    "GuidedOptions",
     "Objective",
     "SROptions",
     "SetupContext",
