@@ -218,6 +218,12 @@ def test_chain_of_stage_runs(chain, teacher):  # noqa: F811
         )
         assert hint["stage"] == ("guidance" if n == 8 else "progressive")
         assert info["unet_spec"]["time_cond_proj_dim"] == 8
+    # The log's and the export's training compute count the teacher's 2 forwards per row.
+    info = json.loads((runs[0] / "model" / "ldmscale_model.json").read_text())
+    log = [json.loads(line) for line in (runs[0] / "log.jsonl").read_text().splitlines()]
+    want = info["norm_cost"] * 4 * (1 + 2 / 3)
+    assert log[-1]["step"] == 4 and log[-1]["train_compute"] == pytest.approx(want, rel=1e-12)
+    assert info["train_compute"] == pytest.approx(want, rel=1e-12)
     model = load_model(runs[-1] / "model", text_encoder=RandomEncoder())
     res = generate(model, ["a", "b"], [0, 1], SamplerConfig("ddim_grid", 2, 3.0), progress=False)
     assert res.evaluations_per_step == 1 and torch.isfinite(res.latents).all()

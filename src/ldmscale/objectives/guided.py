@@ -130,6 +130,10 @@ class Guided(Objective):
         """UNet forwards per row and step besides the student's (the teacher's)."""
         return self.opts.teacher_forwards_per_step
 
+    @property
+    def extra_forwards_per_step(self) -> float:
+        return float(self.solver_forwards_per_step)
+
     def unet_overrides(self) -> dict[str, int]:
         return {"time_cond_proj_dim": self.opts.guidance_dim}
 
