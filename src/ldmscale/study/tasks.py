@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from ldmscale.study.stages import Stage
 
 #: task name -> the module that defines its ``TASK``.
-TASK_MODULES: dict[str, str] = {}
+TASK_MODULES: dict[str, str] = {
+    "distill": "ldmscale.study.task_distill",
+}
 
 
 @dataclass(frozen=True)
