@@ -45,11 +45,11 @@ def _best(points: Sequence[Point]) -> Point | None:
     return min(points, key=lambda p: sign * p.value)
 
 
-def _pair(cmp: Comparer, a: Point, b: Point) -> dict[str, Any]:
+def _pair(cmp: Comparer, a: Point, b: Point, kind_a: str, kind_b: str) -> dict[str, Any]:
     res = cmp(a, b)
     return {
-        "A": a.config(),
-        "B": b.config(),
+        "A": f"c={a.c} {kind_a}: {a.sampler} {a.steps} steps w={a.guidance:g}",
+        "B": f"c={b.c} {kind_b}: {b.sampler} {b.steps} steps w={b.guidance:g}",
         "A value": a.value,
         "B value": b.value,
         "A - B": res.diff,
@@ -78,14 +78,19 @@ def readings(pts: dict[tuple[int, str], list[Point]], cmp: Comparer) -> dict[str
         cd = _best([p for p in pts.get((c, "cd"), []) if p.steps == 4])
         t4 = _best([p for p in pts.get((c, "teacher"), []) if p.steps == 4])
         if cd and t4:
-            a_rows.append({"width": c, **_pair(cmp, cd, t4)})
+            a_rows.append({"width": c, **_pair(cmp, cd, t4, "cd", "teacher")})
         for kind in sorted({k for w, k in pts if w == c and k.startswith("guided")}):
             for p in pts[(c, kind)]:
                 t = [q for q in pts.get((c, "teacher"), []) if q.steps == p.steps]
                 t = [q for q in t if q.sampler == "ddim"] or t
                 if t:
                     c_rows.append(
-                        {"width": c, "stage": kind, "steps": p.steps, **_pair(cmp, p, t[0])}
+                        {
+                            "width": c,
+                            "stage": kind,
+                            "steps": p.steps,
+                            **_pair(cmp, p, t[0], kind, "teacher"),
+                        }
                     )
     for big in widths:
         cd = _best([p for p in pts.get((big, "cd"), []) if p.steps == 4])
@@ -99,7 +104,11 @@ def readings(pts: dict[tuple[int, str], list[Point]], cmp: Comparer) -> dict[str
             ]
             best = _best(under)
             if best is not None:
-                row = {"smaller": small, "larger (distilled)": big, **_pair(cmp, best, cd)}
+                row = {
+                    "smaller": small,
+                    "larger (distilled)": big,
+                    **_pair(cmp, best, cd, "teacher", "cd"),
+                }
                 row["cost A"], row["cost B"] = best.sampling_cost, cd.sampling_cost
                 b_rows.append(row)
     return {"a": a_rows, "b": b_rows, "c": c_rows}
