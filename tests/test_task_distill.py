@@ -50,6 +50,16 @@ def test_options_layout_and_cells(tmp_path):
     assert {(s[1], s[2]) for s in settings} == {
         ("lcm", 2), ("lcm", 4), ("ddim", 4), ("ddim_grid", 4), ("ddim_grid", 2)
     }  # fmt: skip
+    # What is only sampled is not a training input: the distill folders stay valid.
+    from ldmscale.study.stages import build_stages
+
+    def keys(cfg):
+        return {s.id: s.key(cfg) for s in build_stages(cfg) if s.name.startswith("distill")}
+
+    more = keys(distill_study(tmp_path / "s", lcm_steps=[1, 2, 4]))
+    base, trained = keys(cfg), keys(distill_study(tmp_path / "s", consistency_steps=4))
+    assert more["distill/c8"] == base["distill/c8"] != trained["distill/c8"]
+    assert more["distill-sweep"] != base["distill-sweep"]
     for bad, match in (
         ({"widths": [12]}, "widths"),
         ({"guided_steps": [2]}, "guided_steps"),

@@ -143,8 +143,14 @@ def kind_of(model_path: str) -> str:
     return "teacher"
 
 
+#: Options that change what is sampled, not what is trained (not ``distill`` stage inputs).
+_SWEEP_ONLY = ("widths", "lcm_steps")
+
+
 def _inputs(cfg: StudyConfig, c: int) -> dict[str, Any]:
-    return {"teacher": train_inputs(cfg, c), "distill": options(cfg).to_dict()}
+    """Width ``c``'s ``distill`` stage inputs: its teacher's and the training options."""
+    train = {k: v for k, v in options(cfg).to_dict().items() if k not in _SWEEP_ONLY}
+    return {"teacher": train_inputs(cfg, c), "distill": train}
 
 
 def _done(c: int, run: StudyRun) -> bool:
@@ -194,6 +200,7 @@ def _sweep_inputs(cfg: StudyConfig) -> dict[str, Any]:
 
     return {
         "distill": {f"c{c}": _inputs(cfg, c) for c in widths(cfg)},
+        "lcm_steps": list(options(cfg).lcm_steps),
         **sweep_inputs(cfg),
     }
 
