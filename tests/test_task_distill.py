@@ -108,6 +108,8 @@ def test_distill_task_on_a_micro_study(tmp_path):
     assert (figs / "distill_fig13.png").stat().st_size > 1000
     readings = json.loads((figs / "distill_readings.json").read_text())
     assert len(readings["a"]) == 2 and len(readings["b"]) == 1 and len(readings["c"]) == 4
+    assert readings["summary"]["a"].startswith("(a) distilled (4 steps)")
+    assert "ties" in readings["summary"]["a"] and "(c)" in readings["summary"]["c"]
     for r in readings["a"] + readings["b"] + readings["c"]:
         assert r["method"] == "paired" and r["CI lo"] <= r["A - B"] <= r["CI hi"]
     # Rerun: every distillation stage is done and nothing is evaluated again.

@@ -117,10 +117,12 @@ def readings(pts: dict[tuple[int, str], list[Point]], cmp: Comparer) -> dict[str
 def summary(r: dict[str, list[dict]]) -> dict[str, str]:
     """One sentence per reading."""
     a = r["a"]
+    ties, worse = (sum(x["outcome"] == o for x in a) for o in ("tie", "b"))
     a_text = (
         f"(a) distilled (4 steps) better than its teacher (4 steps) at equal cost: "
         f"{sum(x['outcome'] == 'a' for x in a)} of {len(a)} widths"
-        + (" - every width." if a and all(x["outcome"] == "a" for x in a) else ".")
+        + (" - every width." if a and all(x["outcome"] == "a" for x in a) else "")
+        + f" ({ties} ties, {worse} worse)."
     )
     b = r["b"]
     matched = [x for x in b if x["outcome"] in ("a", "tie")]
