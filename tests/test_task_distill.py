@@ -60,6 +60,14 @@ def test_options_layout_and_cells(tmp_path):
     base, trained = keys(cfg), keys(distill_study(tmp_path / "s", consistency_steps=4))
     assert more["distill/c8"] == base["distill/c8"] != trained["distill/c8"]
     assert more["distill-sweep"] != base["distill-sweep"]
+    # The dry run counts the guided stages' cells at 1 evaluation per step, CFG twice.
+    from ldmscale.study import dry_run
+
+    text = dry_run(cfg, calibrate=False)
+    n = 8  # images per cell
+    want = 2 * 2 * n * ((2 + 4 + 4) * 2 + (4 + 2) * 1)  # widths x w x images x steps x evals
+    assert f"distill sweep: 20 cells, {want:,} per-image UNet evaluations" in text
+    assert "x1.67 (consistency), x1.67 (guided)" in text
     for bad, match in (
         ({"widths": [12]}, "widths"),
         ({"guided_steps": [2]}, "guided_steps"),

@@ -236,6 +236,36 @@ def stages(cfg: StudyConfig) -> list[Stage]:
     ]
 
 
+def dry_run(cfg: StudyConfig) -> list[str]:
+    """The task's plan for ``ldmscale study --dry-run``: runs, training forwards, cells and
+    per-image UNet evaluations (1 per step for the guided stages' embedding at any ``w``)."""
+    from ldmscale import cost
+    from ldmscale.objectives import make_noise_scheduler
+    from ldmscale.objectives.consistency import Consistency, ConsistencyOptions
+    from ldmscale.objectives.guided import GuidedOptions
+
+    o, sw = options(cfg), cfg.sweep
+    cd_opts = ConsistencyOptions(style=o.consistency_style).resolved()
+    cd_extra = Consistency(cd_opts, make_noise_scheduler()).extra_forwards_per_step
+    g_extra = GuidedOptions().teacher_forwards_per_step
+    plan = [(s, cd_opts.guidance_embedding) for s in (*o.lcm_steps, 4)]
+    plan += [(n, True) for n in o.guided_chain]
+    evals = sum(
+        cost.unet_evaluations(s, cost.evaluations_per_step(w, emb), sw.n_images)
+        for s, emb in plan
+        for w in sw.guidance
+    )
+    n = len(widths(cfg))
+    return [
+        f"distill: {n} widths x ({o.consistency_steps} consistency ({o.consistency_style}) + "
+        f"{sum(o.guided_steps)} guided steps, chain {list(o.guided_chain)}) at batch "
+        f"{o.batch_size}; train_compute x{1 + cd_extra / 3:.3g} (consistency), "
+        f"x{1 + g_extra / 3:.3g} (guided) per step",
+        f"distill sweep: {n * len(plan) * len(sw.guidance)} cells, {n * evals:,} per-image UNet "
+        "evaluations (guided stages: 1 per step at any w; CFG counted twice otherwise)",
+    ]
+
+
 def _report(run: StudyRun, figures: Path) -> list[str]:
     from ldmscale.report.distill import distill_sections
 
@@ -261,4 +291,5 @@ TASK = Task(
     stages=stages,
     report=_report,
     default_options=default_options,
+    dry_run=dry_run,
 )
