@@ -284,6 +284,11 @@ def test_distilled_model_folder(distilled, teacher):
         assert torch.equal(a.timesteps, b.timesteps) and torch.equal(
             a.alphas_cumprod, b.alphas_cumprod
         )
+    # Training compute counts the teacher's doubled CFG batch (2) and the target (1) per row.
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    want = info["norm_cost"] * 6 * (1 + 3 / 3)
+    assert log[-1]["train_compute"] == pytest.approx(want, rel=1e-12)
+    assert info["train_compute"] == pytest.approx(want, rel=1e-12)
     state = torch.load(run / "checkpoints/step-0000006/training_state.pt", weights_only=True)
     assert state["objective"]["updates"] == 6
     assert "time_embedding.cond_proj.weight" in state["objective"]["target"]

@@ -42,7 +42,7 @@ def test_every_entry_builds_its_scheduler_with_its_options(sd_model, name):
 
 
 def test_registry_names_labels_and_errors():
-    assert SAMPLER_NAMES == ("ddim", "ddpm", "dpmpp", "lcm")
+    assert SAMPLER_NAMES == ("ddim", "ddpm", "dpmpp", "lcm", "ddim_grid")
     assert DEFAULT_SAMPLERS == ("ddim", "ddpm", "dpmpp") == SweepConfig().samplers
     assert sampler_label("dpmpp") == "DPM-Solver++" and sampler_label("mine") == "mine"
     with pytest.raises(ConfigError, match=r"unknown sampler 'euler'.*ddim"):

@@ -149,6 +149,26 @@ def _old_style_cell(**over) -> Cell:
     return Cell(**kw)
 
 
+def test_a_guidance_embedding_model_counts_one_evaluation_per_step():
+    """A distilled model that takes w as an embedding runs one forward per step at any w: its
+    cells count images x steps, not the doubled batch, and are timed un-doubled."""
+    from ldmscale.sweep import ModelInfo
+    from ldmscale.sweep.estimate import sampling_seconds
+
+    embedded = ModelInfo(
+        "/d", "d", "f" * 32, 8, 100, 0.025, {"unet_spec": {"time_cond_proj_dim": 8}}
+    )
+    plain, dist = _old_style_cell(steps=4), _old_style_cell(steps=4, model=embedded)
+    assert (plain.cfg, plain.evaluations_per_step, plain.unet_evals) == (True, 2, 2 * 4 * 2)
+    assert (dist.cfg, dist.evaluations_per_step, dist.unet_evals) == (False, 1, 2 * 4)
+    assert dist.cell_id != plain.cell_id
+    sd_embedded = ModelInfo("/s", "s", "e" * 32, 8, 100, None, {"time_cond_proj_dim": 16})
+    assert sd_embedded.guidance_embedded and not plain.model.guidance_embedded
+    timing = {"unet_s": 1.0, "unet_cfg_s": 3.0}
+    assert sampling_seconds(4, 3.0, 2, 2, timing) == 12.0
+    assert sampling_seconds(4, 3.0, 2, 2, timing, guidance_embedded=True) == 4.0
+
+
 def test_leading_cells_keep_their_old_ids_and_families():
     cell = _old_style_cell()
     assert cell.timestep_spacing == "leading"

@@ -11,6 +11,10 @@ Conventions (the paper's Sec. 3 and DESIGN.md):
   (``xla`` convention: a multiply-add counts once) over those of the same UNet at the
   paper's reference width c = 320 with SD's 8 heads, at the same latent and context
   (:func:`ldmscale.family.normalized_cost`).
+* Training compute = normalized cost x training steps (the paper's axis, Fig. 3), a step of
+  the trained model (forward and backward) counted as 3 forwards; an objective that runs
+  further UNet forwards per row and step (a distillation teacher, a target network) adds
+  ``extra_forwards / 3`` of a step each (:func:`train_compute`).
 * FLOPs per image: the actual UNet FLOPs of the evaluations (``dense`` convention, 2 per
   multiply-add; the doubled CFG batch included); VAE and text encoder not counted.
 """
@@ -44,6 +48,14 @@ def unet_evaluations(steps: int, evaluations_per_step: int, n_images: int = 1) -
 def sampling_cost(norm_cost: float, steps: int) -> float:
     """Normalized cost x steps: the paper's sampling cost of one image."""
     return norm_cost * steps
+
+
+def train_compute(norm_cost: float, steps: int, extra_forwards_per_step: float = 0.0) -> float:
+    """Normalized training compute after ``steps`` steps: ``norm_cost x steps x (1 + extra /
+    3)``, with ``extra`` the objective's UNet forwards per row and step besides the trained
+    model's (of a network of the same width; 0 for text-to-image, whose value stays
+    ``norm_cost x steps``)."""
+    return float(norm_cost) * (1.0 + extra_forwards_per_step / 3.0) * int(steps)
 
 
 def sampling_flops(

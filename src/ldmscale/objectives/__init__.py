@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ldmscale.config import ConfigError
-from ldmscale.objectives import consistency, dreambooth, sr, t2i
+from ldmscale.objectives import consistency, dreambooth, guided, sr, t2i
 from ldmscale.objectives.base import (
     BETA_END,
     BETA_SCHEDULE,
@@ -59,6 +59,7 @@ from ldmscale.objectives.base import (
 )
 from ldmscale.objectives.consistency import Consistency, ConsistencyOptions
 from ldmscale.objectives.dreambooth import DreamBooth, DreamBoothOptions
+from ldmscale.objectives.guided import Guided, GuidedOptions
 from ldmscale.objectives.sr import SROptions, SuperResolution
 from ldmscale.objectives.t2i import TextToImage, min_snr_weights
 
@@ -71,6 +72,7 @@ OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {
     "consistency": consistency.build,
     "sr": sr.build,
     "dreambooth": dreambooth.build,
+    "guided": guided.build,
 }
 
 
@@ -107,6 +109,8 @@ __all__ = [
     "OBJECTIVES",
     "PREDICTION_TYPES",
     "ExportHints",
+    "Guided",
+    "GuidedOptions",
     "Objective",
     "SROptions",
     "SetupContext",

@@ -92,13 +92,21 @@ class Objective:
     Class attributes: ``name`` (its registry key), ``required_keys`` (the cached per-row
     tensors ``loss`` reads), ``uses_teacher`` (True when it needs ``TrainConfig.teacher``; the
     trainer refuses a teacher given to an objective that uses none), ``prediction_type``
-    (what the UNet predicts; the default :meth:`export_hints` saves SD's schedule with it).
+    (what the UNet predicts; the default :meth:`export_hints` saves SD's schedule with it);
+    ``extra_forwards_per_step`` (its teacher's and target's forwards, for the compute count).
     """
 
     name: str = ""
     required_keys: tuple[str, ...] = ()
     uses_teacher: bool = False
     prediction_type: str = "epsilon"
+
+    @property
+    def extra_forwards_per_step(self) -> float:
+        """UNet forwards per row and step besides the trained model's (a teacher's, a target
+        network's), counted in the log's ``train_compute`` (:func:`ldmscale.cost.train_compute`).
+        Default: 0."""
+        return 0.0
 
     def unet_overrides(self) -> dict[str, int]:
         """UNetSpec overrides the objective needs (keys of ``ldmscale.family.OVERRIDE_FIELDS``:

@@ -286,6 +286,10 @@ class Consistency(Objective):
         with CFG's doubled batch, else 1) and the target's (1)."""
         return (1 if (self.opts.w_min, self.opts.w_max) == (1.0, 1.0) else 2) + 1
 
+    @property
+    def extra_forwards_per_step(self) -> float:
+        return float(self.solver_forwards_per_step)
+
     def unet_overrides(self) -> dict[str, int]:
         return (
             {"time_cond_proj_dim": self.opts.guidance_dim} if self.opts.guidance_embedding else {}

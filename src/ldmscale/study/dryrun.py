@@ -64,6 +64,10 @@ def dry_run(cfg: StudyConfig, calibrate: bool = True) -> str:
         f"{len(cfg.widths) * evals_per_width:,} per-image UNet evaluations (CFG counted twice), "
         f"metrics {list(sw.metrics)} (primary {cfg.primary_metric}), executor {sw.executor}"
     )
+    from ldmscale.study.tasks import tasks_of
+
+    for task in tasks_of(cfg):
+        lines += task.dry_run(cfg) if task.dry_run else []
     lines.append(
         f"UNet compute (dense FLOPs): training {train_flops:.3g} (3x forward per image), "
         f"sweep {sweep_flops:.3g}; VAE, text encoder and metrics not included"

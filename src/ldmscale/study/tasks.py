@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 #: task name -> the module that defines its ``TASK``.
 TASK_MODULES: dict[str, str] = {
+    "distill": "ldmscale.study.task_distill",
     "dreambooth": "ldmscale.study.task_dreambooth",
     "sr": "ldmscale.study.task_sr",
 }
@@ -42,6 +43,7 @@ class Task:
     with the text-to-image ones). report(run, figures_dir): the HTML sections it adds to the
     study report (figures written under ``figures_dir``), or [] when it has nothing yet.
     default_options(preset): its options for a base preset name (``tiny``, ``trend``, ...).
+    dry_run(cfg): lines for ``ldmscale study --dry-run`` (its runs, cells, UNet evaluations).
     """
 
     name: str
@@ -50,6 +52,7 @@ class Task:
     stages: Callable[[StudyConfig], list[Stage]]
     report: Callable[[StudyRun, Path], list[str]] | None = None
     default_options: Callable[[str], dict[str, Any]] = lambda preset: {}
+    dry_run: Callable[[StudyConfig], list[str]] | None = None
 
     def stage_names(self, cfg: StudyConfig) -> tuple[str, ...]:
         """Its stages' ``--stages`` names, in order, without repeats."""

@@ -34,15 +34,21 @@ def metric_seconds(metrics: Iterable[str], n_images: int) -> float:
 
 
 def sampling_seconds(
-    steps: int, guidance: float, n_images: int, batch_size: int, timing: dict[str, float]
+    steps: int,
+    guidance: float,
+    n_images: int,
+    batch_size: int,
+    timing: dict[str, float],
+    guidance_embedded: bool = False,
 ) -> float:
     """Seconds to sample ``n_images`` images at ``steps`` and ``guidance`` in batches of
     ``batch_size``: batches x (steps x one UNet forward + one VAE decode). ``timing``: seconds
     of one forward at ``batch_size`` (``unet_s``), at ``2 x batch_size`` (``unet_cfg_s``, used
-    when ``w != 1`` doubles the batch) and of one VAE decode of a batch (``vae_s``, 0 if absent),
-    as :func:`calibrate_model` returns them."""
+    when ``w != 1`` doubles the batch, never for a ``guidance_embedded`` model) and of one VAE
+    decode of a batch (``vae_s``, 0 if absent), as :func:`calibrate_model` returns them."""
     batches = math.ceil(n_images / batch_size)
-    unet_s = timing["unet_cfg_s"] if cost.cfg_evaluations(guidance) == 2 else timing["unet_s"]
+    doubled = cost.evaluations_per_step(guidance, guidance_embedded) == 2
+    unet_s = timing["unet_cfg_s"] if doubled else timing["unet_s"]
     return batches * (steps * unet_s + timing.get("vae_s", 0.0))
 
 
@@ -139,8 +145,9 @@ def estimate_plan(
         if calibrate:
             t = timings[m.hash]
             cell_s = sampling_seconds(
-                cell.steps, cell.guidance, cell.n_images, plan.context.batch_size, t
-            )
+                cell.steps, cell.guidance, cell.n_images, plan.context.batch_size, t,
+                m.guidance_embedded,
+            )  # fmt: skip
             entry["seconds"] += cell_s + metric_s
             entry.update({f"calib_{k}": v for k, v in t.items()})
             seconds += cell_s + metric_s

@@ -53,6 +53,13 @@ class ModelInfo:
     train_seed: int | None = None
     run: str | None = None
 
+    @property
+    def guidance_embedded(self) -> bool:
+        """Whether the UNet takes guidance as an embedding (``time_cond_proj_dim`` set): one
+        forward per step at any ``w``, no doubled CFG batch."""
+        unet = self.config.get("unet_spec", self.config)
+        return bool(unet.get("time_cond_proj_dim"))
+
 
 def _model_folder(path: Path) -> tuple[Path, str]:
     try:

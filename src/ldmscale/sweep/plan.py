@@ -10,7 +10,7 @@ adaptive search, :mod:`ldmscale.adaptive`) uses the first ``n`` of both lists.
 
 An evaluator maps a cell to a :class:`CellResult` (``Evaluator``); the built-in one is
 :func:`ldmscale.sweep.evaluate.evaluate_cell`. UNet evaluations of a cell = images x steps x
-(2 with CFG, else 1).
+(2 with CFG's doubled batch, else 1; 1 for a model that takes guidance as an embedding).
 """
 
 from __future__ import annotations
@@ -52,14 +52,20 @@ class Cell:
         return len(self.seeds)
 
     @property
+    def evaluations_per_step(self) -> int:
+        """UNet evaluations per image and step: 2 with CFG's doubled batch (``w != 1``), 1
+        without, or for a model that takes guidance as an embedding (:mod:`ldmscale.cost`)."""
+        return cost.evaluations_per_step(self.guidance, self.model.guidance_embedded)
+
+    @property
     def cfg(self) -> bool:
-        """Whether sampling runs the doubled CFG batch (``w != 1``)."""
-        return cost.cfg_evaluations(self.guidance) == 2
+        """Whether sampling runs the doubled CFG batch."""
+        return self.evaluations_per_step == 2
 
     @property
     def unet_evals(self) -> int:
-        """UNet evaluations for the whole cell: images x steps x (2 with CFG)."""
-        return cost.unet_evaluations(self.steps, cost.cfg_evaluations(self.guidance), self.n_images)
+        """UNet evaluations for the whole cell: images x steps x :attr:`evaluations_per_step`."""
+        return cost.unet_evaluations(self.steps, self.evaluations_per_step, self.n_images)
 
     @property
     def seed0(self) -> int:

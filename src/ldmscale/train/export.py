@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ldmscale import cost
 from ldmscale.cache import Conditioning
 from ldmscale.family import UNetSpec
 from ldmscale.modelfolder import (
@@ -46,15 +47,18 @@ def export_is_complete(folder: Path) -> bool:
         return False
 
 
-def training_state_keys(cfg: TrainConfig, train_step: int, norm_cost: float) -> dict[str, Any]:
+def training_state_keys(
+    cfg: TrainConfig, train_step: int, norm_cost: float, extra_forwards_per_step: float = 0.0
+) -> dict[str, Any]:
     """The keys every exported model's ``ldmscale_model.json`` carries about its training:
     ``train_step``, ``total_steps`` (``cfg.steps``), ``train_compute`` (norm cost x
-    ``train_step``, the paper's Fig. 3 axis), ``images_seen`` (``train_step x batch_size``),
+    ``train_step``, the paper's Fig. 3 axis, plus the objective's extra forwards,
+    :func:`ldmscale.cost.train_compute`), ``images_seen`` (``train_step x batch_size``),
     ``seed`` (``cfg.seed``) and ``run`` (the run folder's name)."""
     return {
         "train_step": int(train_step),
         "total_steps": int(cfg.steps),
-        "train_compute": float(norm_cost) * int(train_step),
+        "train_compute": cost.train_compute(norm_cost, train_step, extra_forwards_per_step),
         "images_seen": int(train_step) * int(cfg.batch_size),
         "seed": int(cfg.seed),
         "run": Path(cfg.run_dir).resolve().name,
@@ -107,7 +111,9 @@ def export_model(
         gflops_xla=costs["gflops_xla"],
         gflops_dense=costs["gflops_dense"],
         train_steps=cfg.steps,
-        **training_state_keys(cfg, step, costs["norm_cost"]),
+        **training_state_keys(
+            cfg, step, costs["norm_cost"], costs.get("extra_forwards_per_step", 0.0)
+        ),
         sampler_hint=hints.sampler_hint,
         sr=SRMeta.from_dict(hints.sr) if hints.sr else None,
         train_config=cfg.to_dict(),

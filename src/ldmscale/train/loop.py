@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ldmscale import cost
 from ldmscale.cache import Conditioning, load_conditioning, load_hr_images, resolve_cache_paths
 from ldmscale.config import ConfigError
 from ldmscale.family import OVERRIDE_FIELDS, UNetSpec, build_unet, model_costs
@@ -200,7 +201,9 @@ def _log(run: _Run, done: int, loss_value: float, lr_now: float) -> None:
                 "loss": run.acc_loss / run.acc_n,
                 "lr": lr_now,
                 "images_seen": done * cfg.batch_size,
-                "train_compute": run.costs["norm_cost"] * done,
+                "train_compute": cost.train_compute(
+                    run.costs["norm_cost"], done, run.objective.extra_forwards_per_step
+                ),
                 "wall_time": run.wall_time(),
             },
         )
@@ -420,7 +423,11 @@ def _setup(cfg: TrainConfig, overwrite: bool, progress: bool) -> _Run:
     run = _Run(
         cfg, accelerator, Path(cfg.run_dir), cond, spec, DataOrder(cond.n, cfg.seed), objective,
         unet, raw_unet, ema, optimizer, lr_sched,
-        costs=model_costs(spec) if accelerator.is_main_process else {},
+        costs=(
+            {**model_costs(spec), "extra_forwards_per_step": objective.extra_forwards_per_step}
+            if accelerator.is_main_process
+            else {}
+        ),
         eval_steps=eval_steps,
         parent=parent_record(cfg, resume is None, accelerator.is_main_process),
         start_step=start_step,
