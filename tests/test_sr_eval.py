@@ -213,3 +213,34 @@ def test_cli_sample_upscales_an_lr_set_at_any_step_count(sr_run, tmp_path, capsy
         )
         assert rc != 0
         assert __import__("re").search(match, capsys.readouterr().err), extra
+
+
+def test_cli_sweep_takes_sr_models_on_their_lr_set(sr_run, tmp_path, capsys):
+    """``ldmscale sweep`` over SR models: the validation LR set instead of prompts, guidance 1,
+    the SR metrics; the same cells as planning them by hand (so a rerun resumes); CFG refused."""
+    import json
+
+    from ldmscale.cli import main
+    from ldmscale.sr_eval import lr_set_from_dataset, sr_context
+    from ldmscale.store import ResultsStore
+
+    _, run, data = sr_run
+    store = tmp_path / "results.sqlite"
+    args = ["sweep", "--models", str(run / "model"), "--dataset", str(data), "--samplers", "ddim", "--steps", "1,2", "--guidance", "1", "--n-images", "4",
+            "--metrics", "psnr,ssim", "--store", str(store), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["computed"] == 2
+    with ResultsStore(store) as s:
+        rows = s.rows()
+    assert sorted(r["steps"] for r in rows) == [1, 2] and {r["guidance"] for r in rows} == {1.0}
+    assert all(set(r["metrics"]) == {"psnr", "ssim"} for r in rows)
+    lrset = lr_set_from_dataset(data, 4, 32, DegradeConfig.shapes32())
+    ctx = sr_context([run / "model"], lrset, ("psnr", "ssim"))
+    want = ctx.cell(ctx.models[0], "ddim", 2, 1.0, 4, "leading")
+    assert want.cell_id in {r["cell_id"] for r in rows}
+    assert main(args) == 0  # resumed: nothing computed
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["computed"] == 0
+    bad = list(args)
+    bad[bad.index("--guidance") + 1] = "1,3"
+    assert main(bad) == 2
+    assert "without CFG" in capsys.readouterr().err

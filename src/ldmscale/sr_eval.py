@@ -345,3 +345,55 @@ def prepare_sr(protocol: dict[str, Any], progress: bool = False) -> None:
             reference_set(metric.name, protocol, progress=progress)
         elif metric.network == "probe":
             protocol_probe(protocol)
+
+
+def is_sr_model(folder: str | Path) -> bool:
+    """Whether ``folder`` is an ldmscale super-resolution model (``task = "sr"``)."""
+    from ldmscale.modelfolder import MODEL_FILE, read_model_meta
+
+    return (Path(folder) / MODEL_FILE).is_file() and read_model_meta(folder).task == "sr"
+
+
+def plan_sr_sweep(cfg: Any) -> Any:
+    """The SR cells of a :class:`~ldmscale.sweep.SweepConfig` whose models are all SR models:
+    every model x sampler x steps x spacing at guidance 1 (no CFG), on the LR set of the first
+    ``n_images`` images of ``cfg.dataset``'s validation split at ``cfg.resolution`` px, image
+    ``i`` degraded with seed ``i`` by the models' training degradation (they must share it).
+    Run it with ``run_sweep(cfg, evaluate=evaluate_sr_cell, plan=plan, prepare=prepare_sr)``."""
+    from ldmscale.config import ConfigError
+    from ldmscale.io import hash_json
+    from ldmscale.modelfolder import read_model_meta
+    from ldmscale.sweep.plan import Plan
+
+    if set(cfg.guidance) != {1.0}:
+        raise ConfigError(
+            f"SR models sample without CFG: set guidance = [1] (got {list(cfg.guidance)})"
+        )
+    if not cfg.dataset or not cfg.resolution:
+        raise ConfigError("an SR sweep needs `dataset` and `resolution` (the HR ground truth)")
+    degradations = {hash_json(read_model_meta(m).sr.degradation) for m in cfg.models}
+    if len(degradations) != 1:
+        raise ConfigError(
+            "the SR models were trained on different degradations; sweep them separately"
+        )
+    deg = DegradeConfig.from_dict(read_model_meta(cfg.models[0]).sr.degradation)
+    lrset = lr_set_from_dataset(cfg.dataset, cfg.n_images, cfg.resolution, deg)
+    ctx = sr_context(
+        list(cfg.models),
+        lrset,
+        tuple(cfg.metrics),
+        seed0=cfg.seed0,
+        batch_size=cfg.batch_size,
+        rows_dir=cfg.rows_dir,
+        bootstrap=cfg.bootstrap,
+        ci_level=cfg.ci_level,
+        probe_steps=cfg.probe_steps,
+    )
+    cells = [
+        ctx.cell(model, sampler, steps, 1.0, cfg.n_images, spacing)
+        for model in ctx.models
+        for sampler in cfg.samplers
+        for steps in cfg.steps
+        for spacing in cfg.timestep_spacings
+    ]
+    return Plan(cells, [], ctx)

@@ -161,10 +161,13 @@ def load_evaluator(spec: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ldmscale.sr_eval import is_sr_model
     from ldmscale.store import ResultsStore
     from ldmscale.sweep import estimate_plan, format_estimate, plan_cells, plan_sweep, run_sweep
 
     cfg = build_config(args)
+    if cfg.models and all(is_sr_model(m) for m in cfg.models):
+        return _run_sr(cfg, args)
     evaluate = load_evaluator(args.evaluator)
     if evaluate is None:  # the built-in evaluator scores the registry's metrics only
         from ldmscale.metrics.registry import check_metrics
@@ -208,6 +211,25 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     )
+    return 0
+
+
+def _run_sr(cfg, args: argparse.Namespace) -> int:
+    """A sweep of super-resolution models: their LR set instead of prompts, no CFG
+    (:func:`ldmscale.sr_eval.plan_sr_sweep`), scored by the SR evaluator."""
+    from ldmscale.sr_eval import evaluate_sr_cell, plan_sr_sweep, prepare_sr
+    from ldmscale.sweep import run_sweep
+
+    if args.cells or args.adaptive or args.evaluator:
+        raise UserError("an SR sweep takes the grid only (no --cells, --adaptive or --evaluator)")
+    plan = plan_sr_sweep(cfg)
+    if args.dry_run:
+        print(f"SR sweep: {len(plan.cells)} cells of {cfg.n_images} images -> {cfg.store}")
+        return 0
+    summary = run_sweep(
+        cfg, evaluate=evaluate_sr_cell, progress=not args.no_progress, plan=plan, prepare=prepare_sr
+    )
+    print(json.dumps({"store": cfg.store, "cells": summary.planned, "computed": summary.computed}))
     return 0
 
 

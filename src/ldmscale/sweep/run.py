@@ -268,12 +268,14 @@ def run_sweep(
     progress: bool = True,
     plan: Plan | None = None,
     settings: Iterable[Sequence[Any]] | None = None,
+    prepare: Prepare | None = None,
 ) -> RunSummary:
     """Plan ``cfg`` and evaluate the cells missing from the store (``cfg.store`` by default).
 
     The plan is ``plan`` when given, else the explicit ``settings`` (:func:`plan_cells`) when
     given, else the full grid (:func:`plan_sweep`). Same store, resume and executor either way.
-    ``evaluate`` None is the built-in evaluator (:func:`run_cells`).
+    ``evaluate`` None is the built-in evaluator (:func:`run_cells`); ``prepare`` its driver
+    hook (as in :func:`run_cells`).
     """
     if plan is not None and settings is not None:
         raise SweepError("run_sweep: pass a plan or settings, not both")
@@ -283,7 +285,14 @@ def run_sweep(
     store = ResultsStore(cfg.store) if own else store
     try:
         return run_cells(
-            plan.cells, store, evaluate, cfg.executor, cfg.address, cfg.num_cpus, progress
+            plan.cells,
+            store,
+            evaluate,
+            cfg.executor,
+            cfg.address,
+            cfg.num_cpus,
+            progress,
+            prepare=prepare,
         )
     finally:
         if own:
