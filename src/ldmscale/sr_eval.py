@@ -371,12 +371,13 @@ def plan_sr_sweep(cfg: Any) -> Any:
         )
     if not cfg.dataset or not cfg.resolution:
         raise ConfigError("an SR sweep needs `dataset` and `resolution` (the HR ground truth)")
-    degradations = {hash_json(read_model_meta(m).sr.degradation) for m in cfg.models}
+    metas = [read_model_meta(m) for m in cfg.models]
+    degradations = {hash_json(meta.sr.degradation) for meta in metas}
     if len(degradations) != 1:
         raise ConfigError(
             "the SR models were trained on different degradations; sweep them separately"
         )
-    deg = DegradeConfig.from_dict(read_model_meta(cfg.models[0]).sr.degradation)
+    deg = DegradeConfig.from_dict(metas[0].sr.degradation)
     lrset = lr_set_from_dataset(cfg.dataset, cfg.n_images, cfg.resolution, deg)
     ctx = sr_context(
         list(cfg.models),
