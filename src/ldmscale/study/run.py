@@ -95,7 +95,7 @@ def run_study(
         timings={},
     )
     run = StudyRun(cfg, progress, log, result)
-    in_workers: set[str] = set()
+    in_workers: set[str] | None = None  # the train stages the workers trained, once known
     with progress_bars(progress):
         for stage in every:
             if stage.name not in stages:
@@ -103,9 +103,9 @@ def run_study(
             if stage.name not in result.timings:
                 log(f"[study] {stage.name} ...")
             t0 = time.perf_counter()
-            if stage.name == "train" and cfg.train_workers > 1 and not in_workers:
-                in_workers = _train_pending_in_workers(run, every, records) or {""}
-            if stage.id in in_workers:
+            if stage.name == "train" and cfg.train_workers > 1 and in_workers is None:
+                in_workers = _train_pending_in_workers(run, every, records)
+            if in_workers and stage.id in in_workers:
                 log(f"[study]   {stage.id}: trained (in a worker)")
             elif stage.is_done(run):
                 log(f"[study]   {stage.id}: complete, reused")
