@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,59 +279,22 @@ def evaluate_sr_cell(cell: Cell) -> CellResult:
     images of the protocol's LR set with the cell's sampler (guidance 1), score them with
     :func:`sr_metric_rows` and attach bootstrap CIs; with ``cell.rows_dir`` the per-image rows
     go to (and are reused from) the row cache, as :func:`ldmscale.sweep.evaluate.evaluate_cell`."""
-    from ldmscale import rowcache
-    from ldmscale.metrics.protocol import score_rows
     from ldmscale.sampling import SamplerConfig
-    from ldmscale.sweep.evaluate import _load_model_cached
+    from ldmscale.sweep.evaluate import evaluate_with_row_cache
     from ldmscale.upscale import upscale
 
-    t0 = time.perf_counter()
-    n = cell.n_images
-    cached = rowcache.load_rows(cell.rows_dir, cell.family) if cell.rows_dir else None
-    m = rowcache.reusable(cached, cell.prompts, cell.seeds)
-    rows = cached
-    if m < n:
-        model = _load_model_cached(cell.model)
+    cfg = SamplerConfig(cell.sampler, cell.steps, cell.guidance, cell.timestep_spacing)
+
+    def sample(model: Any, m: int) -> tuple[dict[str, np.ndarray], dict[str, Any], Any]:
         lrset = protocol_lr_set(cell.protocol)
-        cfg = SamplerConfig(cell.sampler, cell.steps, cell.guidance, cell.timestep_spacing)
-        seeds = list(cell.seeds[m:])
         level = cell.protocol["sr"].get("noise_level")
         out = upscale(
-            model, lrset.lr[m:n], seeds, cfg, level, batch_size=cell.batch_size, progress=False
-        )
-        new_rows, prints = sr_metric_rows(out.images, lrset, cell.protocol, lo=m)
-        meta = {
-            "nfe": float(out.nfe),
-            "flops_per_image": float(out.flops) / len(seeds),
-            "norm_cost": float(model.norm_cost),
-            "sampling_cost": float(out.sampling_cost),
-            "feature_networks": prints,
-        }
-        new = rowcache.CachedRows(
-            np.asarray(seeds, np.int64),
-            rowcache.prompt_keys(list(cell.prompts[m:])),
-            new_rows,
-            meta,
-        )
-        rows = rowcache.extend(cached, m, new)
-        if cell.rows_dir:
-            rowcache.save_rows(cell.rows_dir, cell.family, rows)
-    assert rows is not None
-    metrics = score_rows({k: v[:n] for k, v in rows.rows.items()}, cell.protocol, seed=cell.seed0)
-    meta = rows.meta
-    return CellResult(
-        metrics=metrics,
-        nfe=meta["nfe"],
-        flops=meta["flops_per_image"],
-        norm_cost=meta["norm_cost"],
-        wall_s=time.perf_counter() - t0,
-        extra={
-            "task": "sr",
-            "sampling_cost": meta["sampling_cost"],
-            "feature_networks": meta["feature_networks"],
-            **({"reused_images": m} if cell.rows_dir else {}),
-        },
-    )
+            model, lrset.lr[m : cell.n_images], list(cell.seeds[m:]), cfg, level,
+            batch_size=cell.batch_size, progress=False,
+        )  # fmt: skip
+        return (*sr_metric_rows(out.images, lrset, cell.protocol, lo=m), out)
+
+    return evaluate_with_row_cache(cell, sample, {"task": "sr"})
 
 
 def prepare_sr(protocol: dict[str, Any], progress: bool = False) -> None:

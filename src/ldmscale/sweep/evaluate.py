@@ -9,6 +9,7 @@ cell's rows back (for paired comparisons and the adaptive search).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +34,21 @@ def _load_model_cached(model: ModelInfo) -> Any:
     return _MODELS[model.hash]
 
 
-def evaluate_cell(cell: Cell) -> CellResult:
-    """The built-in evaluator: sample the cell with per-image seeds
-    (``ldmscale.sampling.generate``), score the images with the protocol's metrics, and attach
-    percentile bootstrap CIs over the generated images.
+#: ``sample(model, m)`` of :func:`evaluate_with_row_cache`: sample and score the cell's images
+#: ``m`` to ``n_images``, returning their metric rows, the feature networks' fingerprints and the
+#: sampling result (anything with ``nfe``, ``flops`` and ``sampling_cost``, e.g. a
+#: :class:`~ldmscale.sampling.SampleResult`).
+SampleAndScore = Callable[[Any, int], tuple[dict[str, np.ndarray], dict[str, Any], Any]]
 
-    The scheduler runs with ``cell.timestep_spacing`` (set explicitly, also for ``leading``).
-    With ``cell.rows_dir`` set, the leading images already scored for the cell's family (same
-    model, sampler config, protocol and seed set, any image count) are reused from the row cache
-    and only the rest are sampled; ``extra["reused_images"]`` says how many.
-    """
+
+def evaluate_with_row_cache(
+    cell: Cell, sample: SampleAndScore, extra: dict[str, Any] | None = None
+) -> CellResult:
+    """The row-cache tail shared by every evaluator: reuse the leading images of the cell's
+    family already in ``cell.rows_dir``, call ``sample(model, m)`` for the rest only (the model
+    loaded once per process), store the extended rows, and score the first ``n_images`` rows
+    with the protocol's bootstrap CIs. ``extra`` goes into the result's ``extra`` first."""
     from ldmscale import rowcache
-    from ldmscale.sampling import SamplerConfig, generate
 
     t0 = time.perf_counter()
     n = cell.n_images
@@ -53,15 +57,8 @@ def evaluate_cell(cell: Cell) -> CellResult:
     rows = cached
     if m < n:
         model = _load_model_cached(cell.model)
-        cfg = SamplerConfig(
-            name=cell.sampler,
-            steps=cell.steps,
-            guidance=cell.guidance,
-            timestep_spacing=cell.timestep_spacing,
-        )
-        prompts, seeds = list(cell.prompts[m:]), list(cell.seeds[m:])
-        result = generate(model, prompts, seeds, cfg, batch_size=cell.batch_size, progress=False)
-        new_rows, fingerprints = metric_rows(result.images, prompts, cell.protocol)
+        new_rows, fingerprints, result = sample(model, m)
+        seeds = list(cell.seeds[m:])
         meta = {
             "nfe": float(result.nfe),
             "flops_per_image": float(result.flops) / len(seeds),
@@ -70,7 +67,10 @@ def evaluate_cell(cell: Cell) -> CellResult:
             "feature_networks": fingerprints,
         }
         new = rowcache.CachedRows(
-            np.asarray(seeds, np.int64), rowcache.prompt_keys(prompts), new_rows, meta
+            np.asarray(seeds, np.int64),
+            rowcache.prompt_keys(list(cell.prompts[m:])),
+            new_rows,
+            meta,
         )
         rows = rowcache.extend(cached, m, new)
         if cell.rows_dir:
@@ -85,11 +85,34 @@ def evaluate_cell(cell: Cell) -> CellResult:
         norm_cost=meta["norm_cost"],
         wall_s=time.perf_counter() - t0,
         extra={
+            **(extra or {}),
             "sampling_cost": meta["sampling_cost"],
             "feature_networks": meta["feature_networks"],
             **({"reused_images": m} if cell.rows_dir else {}),
         },
     )
+
+
+def evaluate_cell(cell: Cell) -> CellResult:
+    """The built-in evaluator: sample the cell with per-image seeds
+    (``ldmscale.sampling.generate``), score the images with the protocol's metrics, and attach
+    percentile bootstrap CIs over the generated images.
+
+    The scheduler runs with ``cell.timestep_spacing`` (set explicitly, also for ``leading``).
+    With ``cell.rows_dir`` set, the leading images already scored for the cell's family (same
+    model, sampler config, protocol and seed set, any image count) are reused from the row cache
+    and only the rest are sampled; ``extra["reused_images"]`` says how many.
+    """
+    from ldmscale.sampling import SamplerConfig, generate
+
+    cfg = SamplerConfig(cell.sampler, cell.steps, cell.guidance, cell.timestep_spacing)
+
+    def sample(model: Any, m: int) -> tuple[dict[str, np.ndarray], dict[str, Any], Any]:
+        prompts, seeds = list(cell.prompts[m:]), list(cell.seeds[m:])
+        result = generate(model, prompts, seeds, cfg, batch_size=cell.batch_size, progress=False)
+        return (*metric_rows(result.images, prompts, cell.protocol), result)
+
+    return evaluate_with_row_cache(cell, sample)
 
 
 def cell_rows(
