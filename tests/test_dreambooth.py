@@ -366,6 +366,19 @@ def test_study_task_adds_one_stage_per_width_and_checks_its_options(tmp_path):
     assert stage.key(cfg) != stage.key(other)  # a changed option reruns the width
     with pytest.raises(ConfigError, match="unknown option"):
         options_of(cfg.replace(task_options={"dreambooth": {"stpes": 10}}))
+    # The dry run counts the images the evaluation draws (its own prompt sets) per model.
+    from ldmscale.data.subject import subject_info
+    from ldmscale.metrics.dreambooth import shapes_prompt_sets
+    from ldmscale.study import dry_run
+
+    sets = shapes_prompt_sets(subject_info(5, 32, 0), ["x"] * TINY["n_general"], 32)
+    drawn = len(sets.expand(sets.subject, "sks")[0]) + len(sets.expand(sets.classes)[0])
+    drawn += len(sets.expand(sets.general, n=1)[0])
+    per_image = 16 * 2  # DDIM 16 steps at w = 2 (CFG counted twice)
+    evals = 3 * (3 * drawn * per_image + TINY["prior_images"] * per_image)
+    text = dry_run(cfg, calibrate=False)
+    assert f"3 models x {drawn} images per width" in text
+    assert f"{evals:,} per-image UNet evaluations" in text
 
 
 def test_a_killed_fine_tune_resumes_to_the_same_weights(tiny_parent, tmp_path):

@@ -67,6 +67,12 @@ def test_the_sr_task_fine_tunes_every_width_and_reports(tmp_path):
     # at 2 steps, less the final models' 2-step cells counted twice.
     assert len(rows) == 2 * 6 + 2 * 3 - 2
     assert all(r["guidance"] == 1.0 and r["metrics"]["psnr"]["n"] == 8 for r in rows)
+    # The dry run's plan is what ran: the cells and their per-image UNet evaluations.
+    from ldmscale.study import dry_run
+
+    evals = sum(r["n_images"] * r["steps"] for r in rows)
+    assert f"sr sweep: {len(rows)} cells" in dry_run(cfg, calibrate=False)
+    assert f"{evals:,} per-image UNet evaluations" in dry_run(cfg, calibrate=False)
     from ldmscale.frontier import load_rows
 
     # The frontier's rows leave the SR cells out (this study has no text-to-image sweep).

@@ -168,6 +168,40 @@ def stages(cfg) -> list:
     ]
 
 
+def dry_run(cfg) -> list[str]:
+    """The task's plan for ``ldmscale study --dry-run``: fine-tunes, prior images and the
+    evaluation's images and per-image UNet evaluations (CFG counted twice)."""
+    from ldmscale import cost
+    from ldmscale.data.subject import subject_info
+    from ldmscale.dreambooth import DreamBoothConfig
+    from ldmscale.sampling import SamplerConfig
+
+    o, n = options_of(cfg), len(cfg.widths)
+    info = subject_info(o["n_subject"], cfg.resolution, cfg.seed)
+    db = DreamBoothConfig(
+        model="", subject="", identifier=o["identifier"], out="",
+        class_prompts=tuple(info["class_prompts"]), steps=o["steps"], lr=o["lr"],
+        prior_images=o["prior_images"], prior_weight=o["prior_weight"],
+    )  # fmt: skip
+    sampler, prior = (
+        SamplerConfig.from_dict(o["sampler"]),
+        SamplerConfig.from_dict(db.prior_sampler),
+    )
+    per_model = (len(info["heldout_prompts"]) + len(info["class_prompts"])) * o["n_per_prompt"]
+    per_model += o["n_general"]
+    evals = len(MODELS) * cost.unet_evaluations(
+        sampler.steps, cost.cfg_evaluations(sampler.guidance), per_model
+    ) + cost.unet_evaluations(prior.steps, cost.cfg_evaluations(prior.guidance), db.prior_images)
+    return [
+        f"dreambooth: {n} widths x 2 fine-tunes (with the prior, the ablation) x {db.steps} steps "
+        f"at batch {db.batch_size} (+{db.prior_batch} prior rows), lr {db.lr:g}; "
+        f"{o['n_subject']} subject images; {db.prior_images} prior images drawn by each parent",
+        f"dreambooth eval: {len(MODELS)} models x {per_model} images per width ({sampler.name} "
+        f"{sampler.steps} steps, w {sampler.guidance:g}), {n * evals:,} per-image UNet "
+        "evaluations with the prior images (CFG counted twice)",
+    ]
+
+
 def _report(run, figures: Path) -> list[str]:
     from ldmscale.report.dreambooth import dreambooth_sections
 
@@ -181,4 +215,5 @@ TASK = Task(
     stages=stages,
     report=_report,
     default_options=default_options,
+    dry_run=dry_run,
 )

@@ -320,6 +320,27 @@ def _stages(cfg: StudyConfig) -> list[Stage]:
     ]
 
 
+def dry_run(cfg: StudyConfig) -> list[str]:
+    """The task's plan for ``ldmscale study --dry-run``: fine-tuning runs, SR cells and
+    per-image UNet evaluations (guidance 1: one evaluation per step)."""
+    o, n = options(cfg), len(cfg.widths)
+    finals = sorted({int(s) for s in o.sample_steps})
+    # The kept exports before the last step are models of their own; one at the last step is
+    # the final model (the same weights, so the same cells).
+    exports = len({int(k) for k in o.keep if int(k) < o.steps})
+    at_ckpt = exports + (o.checkpoint_steps not in finals)
+    evals = o.n_images * (sum(finals) + o.checkpoint_steps * at_ckpt)
+    return [
+        f"sr: {n} widths x {o.steps} fine-tuning steps at batch {o.batch_size} (x4, degradation "
+        f"{o.degradation!r}, LR noise levels below {o.max_noise_level}); exports at "
+        f"{sorted({int(k) for k in o.keep})}",
+        f"sr sweep: {n * (len(finals) + at_ckpt)} cells ({o.sampler}, {o.spacing}, guidance 1; "
+        f"final models at {finals} steps, exports at {o.checkpoint_steps}), {o.n_images} LR "
+        f"images each, {n * evals:,} per-image UNet evaluations; metrics {list(o.metrics)}; "
+        "baselines bicubic and autoencoder",
+    ]
+
+
 def _report(run: StudyRun, figures: Path) -> list[str]:
     from ldmscale.report.sr import sr_sections
 
@@ -333,4 +354,5 @@ TASK = Task(
     stages=_stages,
     report=_report,
     default_options=default_options,
+    dry_run=dry_run,
 )
