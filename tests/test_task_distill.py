@@ -73,9 +73,17 @@ def test_options_layout_and_cells(tmp_path):
         ({"guided_steps": [2]}, "guided_steps"),
         ({"consistency_style": "x"}, "consistency_style"),
         ({"nope": 1}, "nope"),
+        ({"consistency_options": {"style": "lcm"}}, "consistency_style"),
+        ({"consistency_options": {"grid": 10}}, "grid"),
+        ({"consistency_options": {"loss": "l1"}}, "loss"),
     ):
         with pytest.raises(ConfigError, match=match):
             options(distill_study(tmp_path / "s", **bad))
+    # Further consistency options reach the run's objective and its stage key.
+    grid = distill_study(tmp_path / "s", consistency_options={"num_ddim_timesteps": 10})
+    cd = run_configs(grid, 8)["cd"].objective_options
+    assert cd == {"style": "codi", "num_ddim_timesteps": 10}
+    assert keys(grid)["distill/c8"] != base["distill/c8"]
 
 
 @pytest.mark.slow
