@@ -71,8 +71,9 @@ def test_the_sr_task_fine_tunes_every_width_and_reports(tmp_path):
     from ldmscale.study import dry_run
 
     evals = sum(r["n_images"] * r["steps"] for r in rows)
-    assert f"sr sweep: {len(rows)} cells" in dry_run(cfg, calibrate=False)
-    assert f"{evals:,} per-image UNet evaluations" in dry_run(cfg, calibrate=False)
+    plan_text = dry_run(cfg, calibrate=False)
+    assert f"sr sweep: {len(rows)} cells" in plan_text
+    assert f"{evals:,} per-image UNet evaluations" in plan_text
     from ldmscale.frontier import load_rows
 
     # The frontier's rows leave the SR cells out (this study has no text-to-image sweep).

@@ -41,8 +41,9 @@ class DistillOptions(Config):
     widths: the widths to distil (empty: every width of the study).
     consistency_style: ``"codi"`` (the paper's) or ``"lcm"``; consistency_steps: its training
         steps; consistency_options: further ``ConsistencyOptions`` of its objective (e.g.
-        ``num_ddim_timesteps``, ``target_decay``; the style fills the rest). guided_chain: the sampling steps of each guided stage, halving (stage one's
-        first); guided_steps: each stage's training steps. w_min, w_max: the guided stages'
+        ``num_ddim_timesteps``, ``target_decay``; the style fills the rest).
+    guided_chain: the sampling steps of each guided stage, halving (stage one's first);
+        guided_steps: each stage's training steps. w_min, w_max: the guided stages'
         guidance range. batch_size, lr, warmup_steps, ema_decay: every distillation run's.
     lcm_steps: the ``lcm`` step counts the consistency student is swept at.
     """
@@ -79,16 +80,20 @@ class DistillOptions(Config):
             raise bad(f"lcm_steps {list(self.lcm_steps)} must be step counts >= 1")
         if "style" in self.consistency_options:
             raise bad("consistency_options: give the style as consistency_style")
-        from ldmscale.objectives.consistency import ConsistencyOptions
-
         try:
-            ConsistencyOptions.from_dict(self.consistency_objective()).resolved()
+            self.consistency()
         except ConfigError as e:
             raise bad(f"consistency_options: {e}") from e
 
     def consistency_objective(self) -> dict[str, Any]:
         """The consistency run's ``objective_options``: the style and the further options."""
         return {"style": self.consistency_style, **self.consistency_options}
+
+    def consistency(self) -> Any:
+        """The consistency run's resolved ``ConsistencyOptions`` (every switch filled in)."""
+        from ldmscale.objectives.consistency import ConsistencyOptions
+
+        return ConsistencyOptions.from_dict(self.consistency_objective()).resolved()
 
 
 def options(cfg: StudyConfig) -> DistillOptions:
@@ -112,7 +117,6 @@ def distill_dir(cfg: StudyConfig, c: int) -> Path:
 def run_configs(cfg: StudyConfig, c: int) -> dict[str, Any]:
     """Width ``c``'s distillation runs, kind -> ``TrainConfig``: ``"cd"`` (consistency) and
     one per guided stage (``"guided-g16"``, ``"guided-pd8"``, ...)."""
-    from ldmscale.objectives.consistency import ConsistencyOptions
     from ldmscale.objectives.guided import guided_stage_configs
 
     o = options(cfg)
@@ -128,7 +132,7 @@ def run_configs(cfg: StudyConfig, c: int) -> dict[str, Any]:
         log_every=10,
     )
     cd_opts = o.consistency_objective()
-    solver = ConsistencyOptions.from_dict(cd_opts).resolved().solver
+    solver = o.consistency().solver
     out: dict[str, Any] = {
         "cd": base.replace(
             run_dir=str(distill_dir(cfg, c) / "cd"),
@@ -255,11 +259,11 @@ def dry_run(cfg: StudyConfig) -> list[str]:
     per-image UNet evaluations (1 per step for the guided stages' embedding at any ``w``)."""
     from ldmscale import cost
     from ldmscale.objectives import make_noise_scheduler
-    from ldmscale.objectives.consistency import Consistency, ConsistencyOptions
+    from ldmscale.objectives.consistency import Consistency
     from ldmscale.objectives.guided import GuidedOptions
 
     o, sw = options(cfg), cfg.sweep
-    cd_opts = ConsistencyOptions.from_dict(o.consistency_objective()).resolved()
+    cd_opts = o.consistency()
     cd_extra = Consistency(cd_opts, make_noise_scheduler()).extra_forwards_per_step
     g_extra = GuidedOptions().teacher_forwards_per_step
     plan = [(s, cd_opts.guidance_embedding) for s in (*o.lcm_steps, 4)]
