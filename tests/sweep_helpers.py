@@ -69,6 +69,16 @@ def synthetic_evaluate(cell: Cell) -> CellResult:
     )
 
 
+def bars_evaluate(cell: Cell) -> CellResult:
+    """:func:`synthetic_evaluate`, recording in ``extra["bars"]`` whether the process-wide
+    progress-bar switch was on where the cell ran (a worker process, for the executors)."""
+    from ldmscale.progress import bars_enabled
+
+    result = synthetic_evaluate(cell)
+    result.extra["bars"] = bars_enabled()
+    return result
+
+
 def make_models(root, clip_dir) -> list[str]:
     """Two tiny model folders, c = 8 and c = 16 (normalized cost c / 320), named ``c8``, ``c16``."""
     return [str(make_tiny_ldmscale_model(root, clip_dir, f"c{c}", c, c / 320)) for c in (8, 16)]

@@ -27,7 +27,7 @@ from ldmscale.sweep import (
     run_cells,
     run_sweep,
 )
-from sweep_helpers import make_models, small_cfg, synthetic_evaluate
+from sweep_helpers import bars_evaluate, make_models, small_cfg, synthetic_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -239,6 +239,22 @@ def test_processes_executor_runs_the_real_evaluator_like_serial(models, tmp_path
     for cid, row in serial.items():
         assert parallel[cid]["metrics"] == row["metrics"]
         assert parallel[cid]["flops"] == row["flops"]
+
+
+def test_processes_workers_follow_the_drivers_progress_bar_switch(models, tmp_path):
+    """Spawned workers start with bars on; ``study --no-progress`` (``progress_bars(False)``
+    in the driver) reaches them, and the control without it leaves them on."""
+    from ldmscale.progress import progress_bars
+
+    cfg = small_cfg(models[:1], tmp_path, samplers=("ddim",), steps=(4,), guidance=(1.5, 3.0))
+    cfg = cfg.replace(executor="processes", num_cpus=2)
+    seen = {}
+    for bars in (True, False):
+        store = str(tmp_path / f"bars_{bars}.sqlite")
+        with progress_bars(bars), ResultsStore(store) as s:
+            run_sweep(cfg.replace(store=store), s, bars_evaluate, progress=False)
+            seen[bars] = {r["provenance"]["extra"]["bars"] for r in s.rows()}
+    assert seen == {True: {True}, False: {False}}
 
 
 def test_cli_dry_run_and_overrides(models, tmp_path, capsys, monkeypatch):

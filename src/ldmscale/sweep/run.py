@@ -22,6 +22,7 @@ from typing import Any
 
 from ldmscale import cost
 from ldmscale.io import hash_json
+from ldmscale.progress import bars_enabled, progress_bars
 from ldmscale.provenance import code_version
 from ldmscale.store import ResultsStore
 from ldmscale.sweep.config import EXECUTORS, SweepConfig, SweepError
@@ -96,9 +97,14 @@ class RunSummary:
 Prepare = Callable[[dict[str, Any], bool], None]
 
 
-def _timed(evaluate: Evaluator, cell: Cell) -> CellResult:
+def _timed(evaluate: Evaluator, cell: Cell, bars: bool = True) -> CellResult:
+    """Evaluate one cell and time it. ``bars``: the calling process's progress-bar switch
+    (:func:`ldmscale.progress.bars_enabled`), applied here because a spawned or Ray worker
+    starts with bars on (``study --no-progress`` would otherwise get the workers' dataset-check
+    and weight-loading bars)."""
     t0 = time.perf_counter()
-    result = evaluate(cell)
+    with progress_bars(bars):
+        result = evaluate(cell)
     if not result.wall_s:
         result.wall_s = time.perf_counter() - t0
     return result
@@ -215,7 +221,8 @@ def _run_processes(
         return
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
     with ProcessPoolExecutor(max(1, num_cpus), mp_context=ctx, initializer=_one_thread) as pool:
-        futures = {pool.submit(_timed, evaluate, cell): cell for cell in pending}
+        bars = bars_enabled()
+        futures = {pool.submit(_timed, evaluate, cell, bars): cell for cell in pending}
         remaining = set(futures)
         try:
             while remaining:
@@ -245,7 +252,8 @@ def _run_ray(
     ray = ensure_ray(address, num_cpus)
     remote = ray.remote(num_cpus=1, max_retries=0)(_timed)
     fn_ref = ray.put(evaluate)
-    futures = {remote.remote(fn_ref, cell): cell for cell in pending}
+    bars = bars_enabled()
+    futures = {remote.remote(fn_ref, cell, bars): cell for cell in pending}
     remaining = list(futures)
     try:
         while remaining:
